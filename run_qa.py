@@ -1,0 +1,155 @@
+#!/usr/bin/env python
+"""Fine-tune and sparsify a BERT-family model for extractive question answering (SQuAD v1.1 / v2.0).
+
+A SparseML recipe (--nm_prune_config) prunes the model while it trains; evaluation reports EM/F1; the result
+can be exported to ONNX (--do_onnx_export) and is checked against PyTorch. With --teacher_model_name_or_path
+the model also learns from a teacher (see run_distill_qa.py).
+"""
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+from transformers import AutoModelForQuestionAnswering, DataCollatorWithPadding, TrainingArguments, set_seed
+
+from sparsebert.cli import ModelArguments, SparsificationArguments, UsageError, parse_args, run_cli, setup_logging
+from sparsebert.cli import write_json
+from sparsebert.layer_dropping import drop_layers_if_asked
+from sparsebert.metrics import squad_v1_metrics, squad_v2_metrics
+from sparsebert.onnx_export import batch_from_features
+from sparsebert import pipeline
+from trainer_qa import QuestionAnsweringTrainer
+from utils_qa import drop_misaligned_answers, load_squad_datasets, postprocess_qa_predictions, tokenize_squad
+
+logger = logging.getLogger(__name__)
+
+QA_OUTPUTS = ("start_logits", "end_logits")
+
+
+@dataclass
+class DataTrainingArguments:
+    dataset_name: str | None = field(default="squad", metadata={"help": "Hub dataset (when no local files)."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration."})
+    train_file: str | None = field(default=None, metadata={"help": "Official SQuAD JSON, or JSON / JSON Lines rows."})
+    validation_file: str | None = field(default=None, metadata={"help": "Same formats as --train_file."})
+    overwrite_cache: bool = field(default=False, metadata={"help": "Re-tokenize instead of using the cache."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenizing."})
+    max_seq_length: int = field(default=384, metadata={"help": "Tokens per feature (question + context window)."})
+    pad_to_max_length: bool = field(default=False, metadata={"help": "Pad every feature to --max_seq_length."})
+    doc_stride: int = field(default=128, metadata={"help": "Overlap, in tokens, between windows of a long context."})
+    max_query_length: int = field(default=64, metadata={"help": "Question tokens kept; longer questions are cut."})
+    n_best_size: int = field(default=20, metadata={"help": "Start and end candidates searched per feature."})
+    max_answer_length: int = field(default=30, metadata={"help": "Longest answer, in tokens."})
+    version_2_with_negative: bool = field(default=False, metadata={"help": "SQuAD v2.0: questions may have no answer."})
+    null_score_diff_threshold: float = field(
+        default=0.0, metadata={"help": "v2.0: answer '' when null score - best span score exceeds this."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training examples."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only this many evaluation examples."})
+
+    def check(self):
+        if self.max_query_length + 3 >= self.max_seq_length:
+            raise UsageError(f"--max_query_length {self.max_query_length} leaves no room for context in "
+                             f"--max_seq_length {self.max_seq_length}")
+        room = self.max_seq_length - self.max_query_length - 3  # tokens left for context after question, CLS, 2 SEP
+        if self.doc_stride >= room:
+            raise UsageError(f"--doc_stride {self.doc_stride} is too large for --max_seq_length {self.max_seq_length}: "
+                             f"windows hold at most {room} context tokens after a {self.max_query_length}-token "
+                             f"question, so the stride must be smaller than that")
+
+
+def main(argv=None):
+    model_args, data_args, sparse_args, training_args = parse_args(
+        (ModelArguments, DataTrainingArguments, SparsificationArguments, TrainingArguments), argv)
+    setup_logging(training_args)
+    data_args.check()
+    pipeline.check_run_args(model_args, sparse_args, training_args)
+    manager = pipeline.load_training_recipe(sparse_args, training_args)
+    set_seed(training_args.seed)
+
+    need_eval = training_args.do_eval or sparse_args.do_onnx_export
+    raw = load_squad_datasets(data_args, model_args.cache_dir, need_train=training_args.do_train, need_eval=need_eval)
+    tokenizer, config = pipeline.load_tokenizer_and_config(model_args)
+    pipeline.check_max_seq_length(data_args.max_seq_length, config)
+    model = AutoModelForQuestionAnswering.from_pretrained(model_args.model_name_or_path, config=config,
+                                                          cache_dir=model_args.cache_dir)
+    drop_layers_if_asked(model, model_args)
+    teacher = pipeline.load_teacher(model_args, AutoModelForQuestionAnswering, tokenizer) if training_args.do_train else None
+    targeted = pipeline.recipe_targets(manager, model, sparse_args)
+
+    train_dataset = eval_examples = eval_dataset = None
+    with training_args.main_process_first(desc="dataset preprocessing"):
+        if training_args.do_train:
+            train_examples = _take(raw, "train", data_args.max_train_samples)
+            train_examples = drop_misaligned_answers(train_examples)
+            train_dataset = tokenize_squad(train_examples, tokenizer, data_args, train=True)
+            if len(train_dataset) == 0:
+                raise UsageError("the training set is empty after preprocessing (check --train_file and "
+                                 "--max_train_samples)")
+        if need_eval:
+            eval_examples = _take(raw, "validation", data_args.max_eval_samples)
+            eval_dataset = tokenize_squad(eval_examples, tokenizer, data_args, train=False)
+
+    def post_process(examples, features, raw_predictions):
+        answers, null_score_diffs = postprocess_qa_predictions(
+            examples, features, raw_predictions, version_2_with_negative=data_args.version_2_with_negative,
+            n_best_size=data_args.n_best_size, max_answer_length=data_args.max_answer_length,
+            null_score_diff_threshold=data_args.null_score_diff_threshold)
+        references = {ex["id"]: ex["answers"]["text"] for ex in examples}
+        return {"answers": answers, "null_score_diffs": null_score_diffs, "references": references}
+
+    def compute_metrics(predictions):
+        if data_args.version_2_with_negative:
+            # the null score difference ranks questions by how surely they have no answer; the best_*_thresh
+            # it yields is directly a --null_score_diff_threshold
+            return squad_v2_metrics(predictions["answers"], predictions["references"], predictions["null_score_diffs"])
+        return squad_v1_metrics(predictions["answers"], predictions["references"])
+
+    trainer = QuestionAnsweringTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        eval_examples=eval_examples,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if training_args.fp16 else None),
+        post_process_function=post_process,
+        compute_metrics=compute_metrics,
+        recipe=manager,
+        recipe_path=sparse_args.nm_prune_config,
+        targeted_names=targeted,
+        teacher=teacher,
+        logit_keys=QA_OUTPUTS,
+        temperature=model_args.temperature,
+        hardness=model_args.distill_hardness,
+    )
+
+    if training_args.do_train:
+        pipeline.train_and_save(trainer, training_args, sparse_args, manager, tokenizer, len(train_examples))
+
+    if training_args.do_eval:
+        metrics = trainer.evaluate()
+        metrics["eval_samples"] = len(eval_examples)
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+        if trainer.is_world_process_zero():
+            write_json(os.path.join(training_args.output_dir, "eval_predictions.json"),
+                       trainer.last_predictions["answers"])
+            if data_args.version_2_with_negative:
+                write_json(os.path.join(training_args.output_dir, "eval_null_odds.json"),
+                           trainer.last_predictions["null_score_diffs"])
+
+    if sparse_args.do_onnx_export:
+        verify_batch = batch_from_features(eval_dataset)
+        pipeline.export_and_verify(trainer, tokenizer, sparse_args, training_args, QA_OUTPUTS, verify_batch)
+
+
+def _take(raw, split, limit):
+    if split not in raw:
+        raise UsageError(f"the data has no {split} split (pass --{'train' if split == 'train' else 'validation'}_file)")
+    dataset = raw[split]
+    return dataset.select(range(min(limit, len(dataset)))) if limit is not None else dataset
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,153 @@
+"""What every script shares at the command line: the argument dataclasses, parsing (flags or one .json
+file), logging set-up, the up-front checks on flags and paths, and the one-line error on bad input."""
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+import datasets
+import transformers
+from transformers import HfArgumentParser, TrainingArguments
+
+logger = logging.getLogger("sparsebert")
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line naming the culprit, exit status 2, nothing written."""
+
+
+def run_cli(main):
+    """Call main(); turn a UsageError into a one-line message on stderr and exit status 2."""
+    try:
+        return main()
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        default=None, metadata={"help": "Model to fine-tune: a Hub name or a local folder (save_pretrained output)."}
+    )
+    config_name: str | None = field(default=None, metadata={"help": "Config name or path if not the model's."})
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer name or path if not the model's."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads (models, data) are cached."})
+    teacher_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "A model already trained for the task to distill from; absent or 'disable' means none."},
+    )
+    temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of the distillation KL."})
+    distill_hardness: float = field(
+        default=1.0, metadata={"help": "Share of the loss from the teacher: 1.0 all distillation, 0.0 none."}
+    )
+    layers_to_keep: int | None = field(
+        default=None, metadata={"help": "Keep this many of the model's encoder layers before training."}
+    )
+    layer_selection: str = field(
+        default="seed",
+        metadata={"help": "Which layers --layers_to_keep keeps: 'seed' (the seed's choice for 12 layers, else "
+                          "evenly spaced), 'evenly_spaced' (first and last always kept) or 'first'."},
+    )
+
+    @property
+    def teacher(self) -> str | None:
+        name = self.teacher_model_name_or_path
+        return None if name in (None, "", "disable") else name
+
+
+@dataclass
+class SparsificationArguments:
+    nm_prune_config: str | None = field(
+        default=None, metadata={"help": "SparseML recipe (YAML) that drives pruning and the training length."}
+    )
+    recipe_args: str | None = field(
+        default=None, metadata={"help": 'JSON overrides of the recipe\'s variables, e.g. \'{"num_epochs": 3}\'.'}
+    )
+    do_onnx_export: bool = field(default=False, metadata={"help": "Export the model to ONNX and verify it."})
+    onnx_export_path: str | None = field(
+        default=None, metadata={"help": "Folder for model.onnx (default: --output_dir)."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Train into an existing non-empty --output_dir, replacing its contents."}
+    )
+
+    @property
+    def recipe_variables(self) -> dict:
+        if not self.recipe_args:
+            return {}
+        try:
+            variables = json.loads(self.recipe_args)
+        except json.JSONDecodeError as err:
+            raise UsageError(f"--recipe_args is not valid JSON ({err.msg}): {self.recipe_args}") from None
+        if not isinstance(variables, dict):
+            raise UsageError(f"--recipe_args must be a JSON object of variable names to values: {self.recipe_args}")
+        return variables
+
+
+def parse_args(dataclass_types, argv=None):
+    """Parse flags into the dataclasses (TrainingArguments last); a single .json argument is a file of them."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = HfArgumentParser(dataclass_types)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        if not os.path.isfile(argv[0]):
+            raise UsageError(f"argument file {argv[0]}: no such file")
+        try:
+            return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+        except json.JSONDecodeError as err:
+            raise UsageError(f"argument file {argv[0]}: not valid JSON ({err})") from None
+        except ValueError as err:
+            raise UsageError(f"argument file {argv[0]}: {err}") from None
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def setup_logging(training_args: TrainingArguments):
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    level = training_args.get_process_log_level()
+    for name in ("sparsebert", "__main__", "run_qa", "run_glue", "run_distill_qa", "utils_qa", "trainer_qa"):
+        logging.getLogger(name).setLevel(level)
+    datasets.utils.logging.set_verbosity(level)
+    transformers.utils.logging.set_verbosity(level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+
+
+def check_output_dir(training_args: TrainingArguments, sparse_args: SparsificationArguments):
+    """Refuse, before anything is written, an output that would clobber earlier work or cannot be written."""
+    output_dir = training_args.output_dir
+    resuming = training_args.resume_from_checkpoint is not None
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise UsageError(f"--output_dir {output_dir} is an existing file, not a folder")
+    if (training_args.do_train and not resuming and not sparse_args.overwrite_output_dir
+            and os.path.isdir(output_dir) and os.listdir(output_dir)):
+        raise UsageError(f"--output_dir {output_dir} already exists and is not empty: use --overwrite_output_dir "
+                         f"to replace it, or --resume_from_checkpoint to continue it")
+    _check_writable(output_dir, "--output_dir")
+    if sparse_args.do_onnx_export:
+        export_dir = sparse_args.onnx_export_path or output_dir
+        if os.path.isfile(export_dir):
+            raise UsageError(f"--onnx_export_path {export_dir} is an existing file: it names the folder for model.onnx")
+        _check_writable(export_dir, "--onnx_export_path")
+
+
+def _check_writable(path: str, flag: str):
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: cannot write there ({existing} is not a writable folder)")
+
+
+def write_json(path: str, data):
+    """Write JSON whole or not at all: to a temporary file, then renamed over the target."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as handle:
+        json.dump(data, handle, indent=2, sort_keys=False)
+        handle.write("\n")
+    os.replace(tmp, path)

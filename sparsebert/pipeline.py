@@ -1,0 +1,103 @@
+"""The steps every script runs in the same way: recipe and model set-up before training, then train, save,
+report sparsity, and export."""
+
+import logging
+import os
+
+from transformers import AutoConfig, AutoTokenizer
+from transformers.trainer_utils import get_last_checkpoint
+
+from sparsebert.cli import UsageError, check_output_dir, write_json
+from sparsebert.distillation import check_distillation_args, check_same_vocabulary
+from sparsebert.onnx_export import export_onnx
+from sparsebert.recipe import apply_recipe_epochs, load_recipe, save_recipe, targeted_parameter_names
+from sparsebert.sparsity import format_sparsity_table, sparsity_report
+
+logger = logging.getLogger(__name__)
+
+
+def check_run_args(model_args, sparse_args, training_args):
+    """Flag-level checks that need no model or data: done first, so bad input costs nothing."""
+    if not model_args.model_name_or_path:
+        raise UsageError("--model_name_or_path is required")
+    if not (training_args.do_train or training_args.do_eval or sparse_args.do_onnx_export):
+        raise UsageError("nothing to do: pass --do_train, --do_eval and/or --do_onnx_export")
+    check_distillation_args(model_args)
+    resume = training_args.resume_from_checkpoint
+    if resume in ("True", "true", "last"):  # the HF way: the newest checkpoint-N in output_dir
+        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        if last is None:
+            raise UsageError(f"--resume_from_checkpoint {resume}: no checkpoint-N folder in {training_args.output_dir}")
+        training_args.resume_from_checkpoint = last
+    elif resume is not None and not os.path.isdir(resume):
+        raise UsageError(f"--resume_from_checkpoint {resume}: no such checkpoint folder")
+    check_output_dir(training_args, sparse_args)
+
+
+def load_training_recipe(sparse_args, training_args):
+    """The recipe's manager when training with one (its length applied to training_args), else None."""
+    if not (training_args.do_train and sparse_args.nm_prune_config):
+        return None
+    manager = load_recipe(sparse_args.nm_prune_config, sparse_args.recipe_variables)
+    apply_recipe_epochs(manager, training_args, sparse_args.nm_prune_config)
+    return manager
+
+
+def load_tokenizer_and_config(model_args, **config_kwargs):
+    config = AutoConfig.from_pretrained(model_args.config_name or model_args.model_name_or_path,
+                                        cache_dir=model_args.cache_dir, **config_kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path,
+                                              cache_dir=model_args.cache_dir)
+    if not tokenizer.is_fast:
+        raise UsageError(f"--model_name_or_path {model_args.model_name_or_path}: needs a fast tokenizer "
+                         f"(tokenizer.json), which the data preparation relies on for offsets")
+    return tokenizer, config
+
+
+def load_teacher(model_args, auto_model_class, student_tokenizer, **config_kwargs):
+    """The frozen teacher model, or None; refuses a teacher whose vocabulary differs from the student's."""
+    name = model_args.teacher
+    if name is None:
+        return None
+    teacher_tokenizer = AutoTokenizer.from_pretrained(name, cache_dir=model_args.cache_dir)
+    check_same_vocabulary(student_tokenizer, teacher_tokenizer, name)
+    teacher = auto_model_class.from_pretrained(name, cache_dir=model_args.cache_dir, **config_kwargs)
+    logger.info(f"Distilling from teacher {name} (hardness {model_args.distill_hardness}, "
+                f"temperature {model_args.temperature})")
+    return teacher
+
+
+def check_max_seq_length(max_seq_length: int, config, flag: str = "--max_seq_length"):
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and max_seq_length > limit:
+        raise UsageError(f"{flag} {max_seq_length} is more than the model's {limit} position embeddings")
+
+
+def recipe_targets(manager, model, sparse_args) -> list[str]:
+    return targeted_parameter_names(manager, model, sparse_args.nm_prune_config) if manager is not None else []
+
+
+def train_and_save(trainer, training_args, sparse_args, manager, tokenizer, num_train_examples: int):
+    """Train (resuming when asked), then save the model the HF way with its recipe and sparsity report."""
+    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.finalize_recipe()
+    trainer.save_model()  # model + tokenizer, safetensors
+    metrics = dict(result.metrics, train_samples=num_train_examples)
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    report = sparsity_report(trainer.model, trainer.targeted_names)
+    if trainer.is_world_process_zero():
+        if manager is not None:
+            save_recipe(manager, sparse_args.nm_prune_config, sparse_args.recipe_variables, training_args.output_dir)
+        write_json(os.path.join(training_args.output_dir, "sparsity_report.json"), report)
+        logger.info("Sparsity after training:\n" + format_sparsity_table(report))
+    return report
+
+
+def export_and_verify(trainer, tokenizer, sparse_args, training_args, output_names, verify_batch=None) -> dict | None:
+    """ONNX export from rank 0 only; returns the parity report."""
+    if not trainer.is_world_process_zero():
+        return None
+    export_dir = sparse_args.onnx_export_path or training_args.output_dir
+    return export_onnx(trainer.model, tokenizer, export_dir, output_names, verify_batch=verify_batch)

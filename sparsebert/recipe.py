@@ -1,0 +1,111 @@
+"""SparseML recipes: loading with clear errors, checking them against a model, deciding the training
+length, and saving the recipe used next to the model."""
+
+import json
+import logging
+import os
+import shutil
+
+import yaml
+from sparseml.pytorch.optim import ScheduledModifierManager
+from sparseml.pytorch.utils.helpers import any_str_or_regex_matches_param_name
+from sparseml.utils.restricted_eval import UnknownVariableException
+
+from sparsebert.cli import UsageError
+
+logger = logging.getLogger(__name__)
+
+FLAG = "--nm_prune_config"
+# sparseml keywords that select parameters by kind instead of by name
+_PARAM_KEYWORDS = ("__ALL__", "__ALL_PRUNABLE__")
+
+
+def load_recipe(path: str, variables: dict | None = None) -> ScheduledModifierManager:
+    """Build the modifier manager from a recipe file, turning every way it can be broken into a UsageError."""
+    # sparseml takes a string that is not a file for raw YAML: a typo in the path must not become a recipe
+    if not os.path.isfile(path):
+        raise UsageError(f"{FLAG} {path}: no such file")
+    try:
+        manager = ScheduledModifierManager.from_yaml(path, recipe_variables=variables or None)
+    except yaml.constructor.ConstructorError as err:
+        line = err.problem_mark.line + 1 if err.problem_mark else "?"
+        if "could not determine a constructor" in str(err.problem):
+            tag = (err.problem.split("tag '")[-1].rstrip("'")).replace("!pytorch.", "!")
+            raise UsageError(f"{FLAG} {path}: unknown modifier {tag} (line {line})") from None
+        raise UsageError(f"{FLAG} {path}: {err.problem} (line {line})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise UsageError(f"{FLAG} {path}: not valid YAML ({where}{problem})") from None
+    except UnknownVariableException as err:
+        raise UsageError(f"{FLAG} {path}: {err} (define it at the top of the recipe or pass --recipe_args)") from None
+    except (TypeError, ValueError, KeyError, AttributeError) as err:
+        raise UsageError(f"{FLAG} {path}: invalid modifier settings ({err})") from None
+    if not manager.modifiers:
+        raise UsageError(f"{FLAG} {path}: holds no modifiers")
+    return manager
+
+
+def _modifiers(manager):
+    return list(manager.iter_modifiers())
+
+
+def targeted_parameter_names(manager: ScheduledModifierManager, model, recipe_path: str = "") -> list[str]:
+    """Names of the model's parameters that the recipe's modifiers act on; a pattern matching nothing is an
+    error (a recipe for another architecture would otherwise train dense without a word)."""
+    names = [name for name, _ in model.named_parameters()]
+    targeted = set()
+    for modifier in _modifiers(manager):
+        patterns = getattr(modifier, "params", None)
+        if not patterns:
+            continue
+        if isinstance(patterns, str):
+            patterns = [patterns]
+        for pattern in patterns:
+            if pattern in _PARAM_KEYWORDS:
+                targeted.update(n for n, p in model.named_parameters() if p.dim() >= 2 and "embeddings" not in n)
+                continue
+            matched = [n for n in names if any_str_or_regex_matches_param_name(n, [pattern])]
+            if not matched:
+                example = next((n for n in names if ".weight" in n and "encoder" in n), names[0])
+                raise UsageError(f"{FLAG} {recipe_path}: params pattern {pattern!r} of {type(modifier).__name__} "
+                                 f"matches no parameter of this model (its names look like {example!r})")
+            targeted.update(matched)
+    return [n for n in names if n in targeted]
+
+
+def schedule_epochs(manager: ScheduledModifierManager) -> float | None:
+    """Epochs the recipe's schedule spans (its last end_epoch), or None if it sets no length."""
+    epochs = manager.max_epochs
+    return float(epochs) if epochs and epochs > 0 else None
+
+
+def apply_recipe_epochs(manager: ScheduledModifierManager, training_args, recipe_path: str):
+    """Let the recipe set the training length: a schedule cut short or run past would not mean what the recipe
+    says. --max_steps, when given, still wins (and the trainer refuses it if it stops before the schedule ends)."""
+    epochs = schedule_epochs(manager)
+    if epochs is None:
+        return
+    if training_args.max_steps > 0:
+        logger.warning(f"--max_steps {training_args.max_steps} sets the training length; the recipe "
+                       f"{recipe_path} spans {epochs:g} epochs")
+        return
+    if epochs != training_args.num_train_epochs:
+        logger.warning(f"Training for {epochs:g} epochs as the recipe {recipe_path} sets (its last end_epoch, "
+                       f"e.g. EpochRangeModifier), not --num_train_epochs {training_args.num_train_epochs:g}: "
+                       f"the recipe wins so that its pruning schedule completes as written")
+        training_args.num_train_epochs = epochs
+
+
+def save_recipe(manager: ScheduledModifierManager, recipe_path: str, variables: dict, output_dir: str):
+    """output_dir/recipe.yaml: the file as given, or the resolved recipe when --recipe_args changed it."""
+    target = os.path.join(output_dir, "recipe.yaml")
+    tmp = f"{target}.tmp"
+    if variables:
+        with open(tmp, "w") as handle:
+            handle.write(f"# {recipe_path} with --recipe_args '{json.dumps(variables)}', as resolved by sparseml\n")
+            handle.write(str(manager))
+    else:
+        shutil.copyfile(recipe_path, tmp)
+    os.replace(tmp, target)

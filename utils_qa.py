@@ -1,0 +1,287 @@
+"""SQuAD data: loading (official files, flattened JSON / JSON Lines, the Hub), tokenization into
+features, and post-processing of start/end logits back into answer texts."""
+
+import collections
+import gzip
+import json
+import logging
+import os
+
+import numpy as np
+from datasets import Dataset, DatasetDict, load_dataset
+
+from sparsebert.cli import UsageError
+
+logger = logging.getLogger(__name__)
+
+SQUAD_COLUMNS = ("id", "title", "context", "question", "answers")
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------
+
+
+def load_squad_datasets(data_args, cache_dir=None, need_train=True, need_eval=True) -> DatasetDict:
+    """The splits the run needs, from local files when given, else from the Hub."""
+    wanted = {"train": (need_train, "--train_file", data_args.train_file),
+              "validation": (need_eval, "--validation_file", data_args.validation_file)}
+    if any(path for _, _, path in wanted.values()):
+        splits = {}
+        for split, (needed, flag, path) in wanted.items():
+            if path:
+                splits[split] = load_squad_file(path, flag)
+            elif needed:
+                raise UsageError(f"{flag} is required: the run needs a {split} split and other splits come from files")
+        return DatasetDict(splits)
+    return load_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=cache_dir)
+
+
+def load_squad_file(path: str, flag: str = "data file") -> Dataset:
+    """A SQuAD split from (a) an official file (data -> paragraphs -> qas, v1.1 or v2.0), or (b) flattened
+    rows with the Hugging Face `squad` columns, as a JSON list, {"data": [rows]}, or JSON Lines (.gz ok)."""
+    if not os.path.isfile(path):
+        raise UsageError(f"{flag} {path}: no such file")
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"{flag} {path}: cannot read it ({err})") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as whole_err:
+        document = _parse_json_lines(text, path, flag, whole_err)
+    del text  # the parsed document shares its strings with the columns built below
+
+    if isinstance(document, dict) and isinstance(document.get("data"), list):
+        rows = document["data"]
+        if rows and isinstance(rows[0], dict) and "paragraphs" in rows[0]:
+            columns = _official_squad_columns(rows, path, flag)
+            return Dataset.from_dict(columns)
+    elif isinstance(document, list):
+        rows = document
+    else:
+        raise UsageError(f"{flag} {path}: expected SQuAD JSON (data -> paragraphs -> qas) or rows with the columns "
+                         f"{', '.join(SQUAD_COLUMNS)}")
+    return Dataset.from_dict(_flat_squad_columns(rows, path, flag))
+
+
+def _parse_json_lines(text, path, flag, whole_err):
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                culprit = whole_err if number == 1 else err
+                where = f"line {culprit.lineno}" if number == 1 else f"line {number}"
+                raise UsageError(f"{flag} {path}: not valid JSON or JSON Lines ({where}: {culprit.msg})") from None
+    return rows
+
+
+def _official_squad_columns(articles, path, flag) -> dict:
+    columns = {name: [] for name in SQUAD_COLUMNS}
+    try:
+        for article in articles:
+            title = article.get("title", "")
+            for paragraph in article["paragraphs"]:
+                context = paragraph["context"]
+                for qa in paragraph["qas"]:
+                    columns["id"].append(str(qa["id"]))
+                    columns["title"].append(title)
+                    columns["context"].append(context)  # the same str object for every question
+                    columns["question"].append(qa["question"])
+                    answers = qa.get("answers", [])
+                    columns["answers"].append({"text": [a["text"] for a in answers],
+                                               "answer_start": [int(a["answer_start"]) for a in answers]})
+    except (KeyError, TypeError) as err:
+        raise UsageError(f"{flag} {path}: malformed SQuAD article {article.get('title', '?')!r} "
+                         f"(missing or wrong field {err})") from None
+    return columns
+
+
+def _flat_squad_columns(rows, path, flag) -> dict:
+    if not rows:
+        raise UsageError(f"{flag} {path}: holds no examples")
+    required = ("id", "context", "question", "answers")
+    missing = [name for name in required if not isinstance(rows[0], dict) or name not in rows[0]]
+    if missing:
+        raise UsageError(f"{flag} {path}: missing the column(s) {', '.join(missing)} "
+                         f"(need {', '.join(SQUAD_COLUMNS)})")
+    columns = {name: [] for name in SQUAD_COLUMNS}
+    for number, row in enumerate(rows, start=1):
+        try:
+            answers = row["answers"]
+            if isinstance(answers, list):  # [{"text", "answer_start"}, ...]
+                answers = {"text": [a["text"] for a in answers], "answer_start": [a["answer_start"] for a in answers]}
+            answers = {"text": list(answers["text"]), "answer_start": [int(s) for s in answers["answer_start"]]}
+            for name in ("id", "context", "question"):
+                columns[name].append(str(row[name]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise UsageError(f"{flag} {path}: row {number} is malformed (field {err})") from None
+        columns["title"].append(row.get("title", ""))
+        columns["answers"].append(answers)
+    return columns
+
+
+def drop_misaligned_answers(dataset: Dataset, flag: str = "--train_file") -> Dataset:
+    """Training needs answer_start to point at the answer text; rows where it does not are skipped.
+
+    Skipping (rather than refusing the file) keeps a real data set with a few bad rows usable; the warning
+    gives the count so a badly broken file is still noticed.
+    """
+    def aligned(example):
+        answers = example["answers"]
+        if not answers["text"]:
+            return True  # unanswerable (v2): nothing to align
+        start, text = answers["answer_start"][0], answers["text"][0]
+        return example["context"][start:start + len(text)] == text
+
+    kept = dataset.filter(aligned, desc="Checking answer_start")
+    dropped = len(dataset) - len(kept)
+    if dropped:
+        first = next(ex["id"] for ex in dataset if not aligned(ex))
+        logger.warning(f"{flag}: skipped {dropped} of {len(dataset)} training examples whose answer_start does not "
+                       f"point at the answer text (first: id {first})")
+    return kept
+
+
+# --------------------------------------------------------------------------------------------------
+# Features
+# --------------------------------------------------------------------------------------------------
+
+
+def _truncate_questions(questions, tokenizer, max_query_length):
+    """Strip leading spaces (they break truncation) and keep at most max_query_length question tokens."""
+    questions = [q.lstrip() for q in questions]
+    encoded = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True)
+    return [q if len(offsets) <= max_query_length else q[:offsets[max_query_length - 1][1]]
+            for q, offsets in zip(questions, encoded["offset_mapping"])]
+
+
+def _tokenize(examples, tokenizer, data_args):
+    return tokenizer(
+        _truncate_questions(examples["question"], tokenizer, data_args.max_query_length),
+        examples["context"],
+        truncation="only_second",
+        max_length=data_args.max_seq_length,
+        stride=data_args.doc_stride,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+        padding="max_length" if data_args.pad_to_max_length else False,
+    )
+
+
+def prepare_train_features(examples, tokenizer, data_args):
+    """Windows over long contexts, each labelled with the answer's token span, or CLS if outside it."""
+    tokenized = _tokenize(examples, tokenizer, data_args)
+    example_of_feature = tokenized.pop("overflow_to_sample_mapping")
+    offsets_per_feature = tokenized.pop("offset_mapping")
+    tokenized["start_positions"], tokenized["end_positions"] = [], []
+    for i, offsets in enumerate(offsets_per_feature):
+        cls_index = tokenized["input_ids"][i].index(tokenizer.cls_token_id)
+        sequence_ids = tokenized.sequence_ids(i)
+        answers = examples["answers"][example_of_feature[i]]
+        start, end = cls_index, cls_index
+        if answers["answer_start"]:
+            start_char = answers["answer_start"][0]
+            end_char = start_char + len(answers["text"][0])
+            context_tokens = [t for t, s in enumerate(sequence_ids) if s == 1]
+            first, last = context_tokens[0], context_tokens[-1]
+            if offsets[first][0] <= start_char and offsets[last][1] >= end_char:
+                start = first
+                while start <= last and offsets[start][0] <= start_char:
+                    start += 1
+                start -= 1
+                end = last
+                while end >= first and offsets[end][1] >= end_char:
+                    end -= 1
+                end += 1
+        tokenized["start_positions"].append(start)
+        tokenized["end_positions"].append(end)
+    return tokenized
+
+
+def prepare_validation_features(examples, tokenizer, data_args):
+    """Windows over long contexts that remember their example and which tokens belong to the context."""
+    tokenized = _tokenize(examples, tokenizer, data_args)
+    example_of_feature = tokenized.pop("overflow_to_sample_mapping")
+    tokenized["example_id"] = []
+    for i in range(len(tokenized["input_ids"])):
+        sequence_ids = tokenized.sequence_ids(i)
+        tokenized["example_id"].append(examples["id"][example_of_feature[i]])
+        tokenized["offset_mapping"][i] = [
+            offset if sequence_ids[k] == 1 else None for k, offset in enumerate(tokenized["offset_mapping"][i])
+        ]
+    return tokenized
+
+
+def tokenize_squad(dataset: Dataset, tokenizer, data_args, train: bool, cache_dir_hint: str = "") -> Dataset:
+    prepare = prepare_train_features if train else prepare_validation_features
+    return dataset.map(
+        prepare,
+        batched=True,
+        num_proc=data_args.preprocessing_num_workers,
+        remove_columns=dataset.column_names,
+        load_from_cache_file=not data_args.overwrite_cache,
+        fn_kwargs={"tokenizer": tokenizer, "data_args": data_args},
+        desc=f"Tokenizing {'train' if train else 'validation'} {cache_dir_hint}".strip(),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Post-processing
+# --------------------------------------------------------------------------------------------------
+
+
+def postprocess_qa_predictions(
+    examples,
+    features,
+    predictions,
+    version_2_with_negative: bool = False,
+    n_best_size: int = 20,
+    max_answer_length: int = 30,
+    null_score_diff_threshold: float = 0.0,
+):
+    """Turn per-feature start/end logits into one answer text per example.
+
+    Returns (answers, null_score_diffs): id -> text ("" for predicted no-answer under v2) and, for v2, id ->
+    null score minus the best span score (the higher, the surer the question has no answer).
+    """
+    start_logits, end_logits = predictions[:2]
+    if len(start_logits) != len(features):
+        raise ValueError(f"got {len(start_logits)} predictions for {len(features)} features")
+    features_of_example = collections.defaultdict(list)
+    for index, example_id in enumerate(features["example_id"]):
+        features_of_example[example_id].append(index)
+    offset_mappings = features["offset_mapping"]
+
+    answers, null_score_diffs = {}, {}
+    for example in examples:
+        best_null_score = None
+        candidates = []
+        for index in features_of_example[example["id"]]:
+            starts, ends, offsets = start_logits[index], end_logits[index], offset_mappings[index]
+            null_score = starts[0] + ends[0]
+            if best_null_score is None or null_score < best_null_score:
+                best_null_score = null_score
+            top_starts = np.argsort(starts)[-1: -n_best_size - 1: -1]
+            top_ends = np.argsort(ends)[-1: -n_best_size - 1: -1]
+            for s in top_starts:
+                for e in top_ends:
+                    if (s >= len(offsets) or e >= len(offsets) or offsets[s] is None or offsets[e] is None
+                            or e < s or e - s + 1 > max_answer_length):
+                        continue
+                    candidates.append((starts[s] + ends[e], offsets[s][0], offsets[e][1]))
+        candidates.sort(key=lambda c: c[0], reverse=True)
+        best = candidates[0] if candidates else (None, 0, 0)
+        best_text = example["context"][best[1]:best[2]]
+        if not version_2_with_negative:
+            answers[example["id"]] = best_text
+            continue
+        best_span_score = best[0] if best[0] is not None else -np.inf
+        score_diff = float(best_null_score - best_span_score)
+        null_score_diffs[example["id"]] = score_diff
+        answers[example["id"]] = "" if score_diff > null_score_diff_threshold else best_text
+    return answers, null_score_diffs
