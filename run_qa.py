@@ -17,6 +17,7 @@ from sparsebert.cli import write_json
 from sparsebert.layer_dropping import drop_layers_if_asked
 from sparsebert.metrics import squad_v1_metrics, squad_v2_metrics
 from sparsebert.onnx_export import batch_from_features
+from sparsebert.sparsity import sparsity_report
 from sparsebert import pipeline
 from trainer_qa import QuestionAnsweringTrainer
 from utils_qa import drop_misaligned_answers, load_squad_datasets, postprocess_qa_predictions, tokenize_squad
@@ -124,8 +125,9 @@ def main(argv=None):
         hardness=model_args.distill_hardness,
     )
 
+    report = metrics = onnx_report = None
     if training_args.do_train:
-        pipeline.train_and_save(trainer, training_args, sparse_args, manager, tokenizer, len(train_examples))
+        report = pipeline.train_and_save(trainer, training_args, sparse_args, manager, tokenizer, len(train_examples))
 
     if training_args.do_eval:
         metrics = trainer.evaluate()
@@ -141,7 +143,9 @@ def main(argv=None):
 
     if sparse_args.do_onnx_export:
         verify_batch = batch_from_features(eval_dataset)
-        pipeline.export_and_verify(trainer, tokenizer, sparse_args, training_args, QA_OUTPUTS, verify_batch)
+        onnx_report = pipeline.export_and_verify(trainer, tokenizer, sparse_args, training_args, QA_OUTPUTS,
+                                                 verify_batch)
+    pipeline.log_summary(training_args, metrics, report or sparsity_report(model, targeted), onnx_report)
 
 
 def _take(raw, split, limit):

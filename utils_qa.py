@@ -57,8 +57,9 @@ def load_squad_file(path: str, flag: str = "data file") -> Dataset:
     if isinstance(document, dict) and isinstance(document.get("data"), list):
         rows = document["data"]
         if rows and isinstance(rows[0], dict) and "paragraphs" in rows[0]:
-            columns = _official_squad_columns(rows, path, flag)
-            return Dataset.from_dict(columns)
+            return Dataset.from_dict(_official_squad_columns(rows, path, flag))
+    elif isinstance(document, dict):  # JSON Lines with a single row
+        rows = [document]
     elif isinstance(document, list):
         rows = document
     else:

@@ -104,16 +104,19 @@ def parse_args(dataclass_types, argv=None):
 
 
 def setup_logging(training_args: TrainingArguments):
+    """Our progress at INFO on the main process; the libraries at their usual WARNING unless --log_level says."""
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
         datefmt="%m/%d/%Y %H:%M:%S",
         handlers=[logging.StreamHandler(sys.stdout)],
     )
-    level = training_args.get_process_log_level()
+    library_level = training_args.get_process_log_level()
+    explicit = training_args.log_level != "passive"
+    own_level = library_level if explicit else (logging.INFO if training_args.should_log else logging.WARNING)
     for name in ("sparsebert", "__main__", "run_qa", "run_glue", "run_distill_qa", "utils_qa", "trainer_qa"):
-        logging.getLogger(name).setLevel(level)
-    datasets.utils.logging.set_verbosity(level)
-    transformers.utils.logging.set_verbosity(level)
+        logging.getLogger(name).setLevel(own_level)
+    datasets.utils.logging.set_verbosity(library_level)
+    transformers.utils.logging.set_verbosity(library_level)
     transformers.utils.logging.enable_default_handler()
     transformers.utils.logging.enable_explicit_format()
 

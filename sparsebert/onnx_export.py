@@ -2,6 +2,7 @@
 
 import logging
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -73,9 +74,11 @@ def export_onnx(model, tokenizer, export_dir: str, output_names, verify_batch: d
 
     target = os.path.join(export_dir, "model.onnx")
     tmp = os.path.join(export_dir, "model.onnx.tmp")
-    torch.onnx.export(wrapped, tuple(sample[n] for n in INPUT_NAMES), tmp, input_names=list(INPUT_NAMES),
-                      output_names=list(output_names), dynamic_axes=dynamic_axes, opset_version=opset,
-                      do_constant_folding=True, dynamo=False)
+    with warnings.catch_warnings():  # the tracer's notes on Python-side shape arithmetic: checked below instead
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapped, tuple(sample[n] for n in INPUT_NAMES), tmp, input_names=list(INPUT_NAMES),
+                          output_names=list(output_names), dynamic_axes=dynamic_axes, opset_version=opset,
+                          do_constant_folding=True, dynamo=False)
     os.replace(tmp, target)
     model.config.save_pretrained(export_dir)
     tokenizer.save_pretrained(export_dir)

@@ -101,3 +101,21 @@ def export_and_verify(trainer, tokenizer, sparse_args, training_args, output_nam
         return None
     export_dir = sparse_args.onnx_export_path or training_args.output_dir
     return export_onnx(trainer.model, tokenizer, export_dir, output_names, verify_batch=verify_batch)
+
+
+def log_summary(training_args, metrics: dict | None, report: dict | None, onnx_report: dict | None):
+    """The run's results in a few lines, after the libraries' own output."""
+    lines = [f"output_dir: {training_args.output_dir}"]
+    if metrics:
+        shown = {k: v for k, v in metrics.items() if isinstance(v, float) and not k.endswith(
+            ("runtime", "per_second", "epoch"))}
+        lines.append("metrics: " + ", ".join(f"{k} {v:.2f}" for k, v in shown.items()))
+    if report:
+        pruned = (f"pruned weights {100 * report['targeted_sparsity']:.1f}% sparse, "
+                  if report["targeted_parameters"] else "")
+        lines.append(f"sparsity: {pruned}whole model {100 * report['model_sparsity']:.1f}% zeros "
+                     f"of {report['model_parameters']:,} parameters")
+    if onnx_report:
+        lines.append(f"onnx: {onnx_report['onnx_path']} (max abs diff vs PyTorch {onnx_report['max_abs_diff']:.1e}, "
+                     f"{'ok' if onnx_report['parity_ok'] else 'OVER TOLERANCE'})")
+    logger.info("Summary\n  " + "\n  ".join(lines))

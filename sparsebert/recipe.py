@@ -69,7 +69,7 @@ def targeted_parameter_names(manager: ScheduledModifierManager, model, recipe_pa
             matched = [n for n in names if any_str_or_regex_matches_param_name(n, [pattern])]
             if not matched:
                 example = next((n for n in names if ".weight" in n and "encoder" in n), names[0])
-                raise UsageError(f"{FLAG} {recipe_path}: params pattern {pattern!r} of {type(modifier).__name__} "
+                raise UsageError(f"{FLAG} {recipe_path}: params pattern '{pattern}' of {type(modifier).__name__} "
                                  f"matches no parameter of this model (its names look like {example!r})")
             targeted.update(matched)
     return [n for n in names if n in targeted]

@@ -2,6 +2,7 @@
 prunes as training goes, optional teacher distillation, and the sparsity logged with the loss."""
 
 import logging
+import os
 
 import torch
 from sparseml.pytorch.optim import ScheduledModifierManager, ScheduledOptimizer
@@ -31,6 +32,8 @@ class SparseMLTrainer(Trainer):
     def __init__(self, *args, recipe: ScheduledModifierManager | None = None, recipe_path: str = "",
                  targeted_names=(), teacher=None, logit_keys=("logits",), temperature=2.0, hardness=1.0,
                  regression=False, **kwargs):
+        output_dir = kwargs["args"].output_dir if "args" in kwargs else args[1].output_dir
+        self._made_output_dir = not os.path.exists(output_dir)  # the Trainer creates it right away
         super().__init__(*args, **kwargs)
         self.recipe = recipe
         self.recipe_path = recipe_path
@@ -53,12 +56,18 @@ class SparseMLTrainer(Trainer):
         max_steps = values[-1]
         epochs = schedule_epochs(self.recipe) if self.recipe is not None else None
         if epochs is not None and epochs * self.steps_per_epoch > max_steps + 1e-6:
+            self._remove_output_dir_if_untouched()
             raise UsageError(
                 f"--nm_prune_config {self.recipe_path}: the recipe runs to epoch {epochs:g} "
                 f"({round(epochs * self.steps_per_epoch)} optimizer steps at {self.steps_per_epoch} per epoch) but "
                 f"training stops after {max_steps} (--max_steps): its schedule would not finish"
             )
         return values
+
+    def _remove_output_dir_if_untouched(self):
+        output_dir = self.args.output_dir
+        if self._made_output_dir and os.path.isdir(output_dir) and not os.listdir(output_dir):
+            os.rmdir(output_dir)
 
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model)

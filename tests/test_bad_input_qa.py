@@ -1,0 +1,97 @@
+"""Bad input: one line naming the culprit, before training, nothing written or overwritten."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import run_qa
+from conftest import RECIPES, REPO
+from helpers import listing, qa_args
+from sparsebert.cli import UsageError
+
+GMP = os.path.join(RECIPES, "80sparsity2epoch.yaml")
+
+
+def _write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def _expect_refusal(argv, pattern, watched):
+    before = listing(watched)
+    with pytest.raises(UsageError, match=pattern):
+        run_qa.main(argv)
+    assert listing(watched) == before  # nothing written, nothing overwritten
+    assert not os.path.exists("sparse_logs")
+
+
+CASES = {
+    "recipe missing": (["--nm_prune_config", "no/such/recipe.yaml"], r"--nm_prune_config no/such/recipe.yaml: no such file"),
+    "recipe not YAML": (["--nm_prune_config", "@bad_yaml"], r"--nm_prune_config .*bad.yaml: not valid YAML \(line \d+: expected ','"),
+    "unknown modifier": (["--nm_prune_config", "@unknown_modifier"], r"unknown modifier !MagicPruningModifier \(line 2\)"),
+    "params match nothing": (["--nm_prune_config", "@roberta_params"],
+                             r"params pattern 're:roberta.encoder.layer.\\d\+.attention.self.query.weight' of GMPruningModifier "
+                             r"matches no parameter of this model"),
+    "recipe_args not JSON": (["--nm_prune_config", GMP, "--recipe_args", "{num_epochs: 3}"], r"--recipe_args is not valid JSON"),
+    "train file missing": (["--train_file", "missing-train.json"], r"--train_file missing-train.json: no such file"),
+    "validation file malformed": (["--validation_file", "@broken_json"], r"--validation_file .*broken.json: not valid JSON"),
+    "doc_stride too large": (["--doc_stride", "60"], r"--doc_stride 60 is too large for --max_seq_length 64"),
+    "max_seq_length above positions": (["--max_seq_length", "256"],
+                                       r"--max_seq_length 256 is more than the model's 128 position embeddings"),
+    "recipe longer than --max_steps": (["--nm_prune_config", GMP, "--max_steps", "3"],
+                                       r"the recipe runs to epoch 2 .* training stops after 3 \(--max_steps\)"),
+    "empty training set": (["--max_train_samples", "0"], r"the training set is empty"),
+}
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    return {
+        "bad_yaml": _write(tmp_path, "bad.yaml", "modifiers:\n  - !EpochRangeModifier\n    end_epoch: [1\n"),
+        "unknown_modifier": _write(tmp_path, "unknown.yaml", "modifiers:\n  - !MagicPruningModifier\n    x: 1\n"),
+        "roberta_params": _write(tmp_path, "roberta.yaml", open(GMP).read().replace("re:bert.", "re:roberta.")),
+        "broken_json": _write(tmp_path, "broken.json", '{"data": [{"title": '),
+    }
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_refused_before_training(case, qa_model_dir, squad_files, bad_files, tmp_path):
+    extra, pattern = CASES[case]
+    extra = [bad_files[a[1:]] if a.startswith("@") else a for a in extra]
+    output_dir = tmp_path / "out"
+    _expect_refusal(qa_args(qa_model_dir, squad_files, output_dir, "--do_train", "--do_eval", *extra), pattern,
+                    output_dir)
+    assert not output_dir.exists()
+
+
+def test_existing_output_dir_is_not_clobbered(qa_model_dir, squad_files, tmp_path):
+    output_dir = tmp_path / "out"
+    output_dir.mkdir()
+    (output_dir / "model.safetensors").write_text("earlier work")
+    _expect_refusal(qa_args(qa_model_dir, squad_files, output_dir, "--do_train"),
+                    r"--output_dir .*out already exists and is not empty: use --overwrite_output_dir", output_dir)
+
+
+def test_unwritable_output_dir_and_file_as_onnx_path(qa_model_dir, squad_files, tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep me")
+    _expect_refusal(qa_args(qa_model_dir, squad_files, a_file / "out", "--do_train"),
+                    r"--output_dir .*a_file/out: cannot write there", tmp_path)
+    _expect_refusal(qa_args(qa_model_dir, squad_files, tmp_path / "out", "--do_eval", "--do_onnx_export",
+                            "--onnx_export_path", str(a_file)),
+                    r"--onnx_export_path .*a_file is an existing file", tmp_path)
+    assert a_file.read_text() == "keep me"
+
+
+def test_command_line_gets_one_line_and_exit_status_2(qa_model_dir, squad_files, tmp_path):
+    argv = qa_args(qa_model_dir, squad_files, tmp_path / "out", "--do_train", "--nm_prune_config", "nope.yaml")
+    done = subprocess.run([sys.executable, os.path.join(REPO, "run_qa.py"), *argv], capture_output=True, text=True,
+                          cwd=tmp_path, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: --nm_prune_config nope.yaml: no such file"]
+    assert "Traceback" not in done.stderr
+    assert sorted(os.listdir(tmp_path)) == []

@@ -1,0 +1,54 @@
+"""The exported ONNX file computes what the PyTorch model computes, and keeps the pruned zeros."""
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+from onnx import numpy_helper
+
+from sparsebert.demo import make_bert, make_tokenizer
+from sparsebert.onnx_export import INPUT_NAMES, export_onnx, make_batch
+
+
+def _prune_by_magnitude(model, fraction):
+    pruned = {}
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "encoder.layer" in name and name.endswith("weight") and param.dim() == 2:
+                threshold = param.abs().flatten().kthvalue(int(fraction * param.numel())).values
+                param[param.abs() <= threshold] = 0.0
+                pruned[name] = param.detach().clone()
+    return pruned
+
+
+@pytest.mark.parametrize("num_labels, outputs", [(None, ("start_logits", "end_logits")), (3, ("logits",))])
+def test_onnx_matches_pytorch_on_two_shapes_and_keeps_zeros(tmp_path, num_labels, outputs):
+    model = make_bert(num_labels=num_labels, hidden_size=32).eval()
+    tokenizer = make_tokenizer()
+    pruned = _prune_by_magnitude(model, 0.8)
+    report = export_onnx(model, tokenizer, str(tmp_path), outputs)
+    assert report["parity_ok"] and report["verify_shape"] != report["export_shape"]
+
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
+    for batch_size, seq_len in ((1, 16), (3, 40)):
+        batch = make_batch(tokenizer, batch_size, seq_len, seed=seq_len)
+        onnx_out = session.run(list(outputs), {n: batch[n].numpy() for n in INPUT_NAMES})
+        with torch.no_grad():
+            torch_out = model(**batch)
+        mask = batch["attention_mask"].numpy().astype(bool)
+        for name, got in zip(outputs, onnx_out):
+            expected = torch_out[name].numpy()
+            assert got.shape == expected.shape
+            diff = np.abs(got - expected)
+            assert (diff[mask] if diff.shape == mask.shape else diff).max() < 1e-4
+
+    # every pruned matrix is in the file with its zeros (possibly transposed by the exporter)
+    initializers = [numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / "model.onnx")).graph.initializer]
+    for name, weight in pruned.items():
+        weight = weight.numpy()
+        found = [a for a in initializers if a.shape in (weight.shape, weight.T.shape)
+                 and (np.array_equal(a, weight) or np.array_equal(a, weight.T))]
+        assert found, f"{name} not found in the ONNX initializers"
+        assert (found[0] == 0).mean() >= 0.79
+    assert report["initializer_sparsity"] > 0.5
