@@ -32,6 +32,9 @@ class ModelArguments:
     model_name_or_path: str = field(
         default=None, metadata={"help": "Model to fine-tune: a Hub name or a local folder (save_pretrained output)."}
     )
+    student_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "The model to train when distilling: the same as --model_name_or_path."}
+    )
     config_name: str | None = field(default=None, metadata={"help": "Config name or path if not the model's."})
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer name or path if not the model's."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads (models, data) are cached."})

@@ -108,3 +108,58 @@ def _best_threshold(scores, no_answer_probability, predictions, has_answer):
             best = current
             best_threshold = no_answer_probability[qid]
     return 100.0 * best / len(scores), best_threshold
+
+
+# --------------------------------------------------------------------------------------------------
+# GLUE
+# --------------------------------------------------------------------------------------------------
+
+
+def accuracy(predictions, labels) -> float:
+    return float(np.mean(np.asarray(predictions) == np.asarray(labels)))
+
+
+def binary_f1(predictions, labels) -> float:
+    """F1 of the positive class (label 1), as GLUE scores MRPC and QQP."""
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    true_positive = int(np.sum((predictions == 1) & (labels == 1)))
+    predicted, actual = int(np.sum(predictions == 1)), int(np.sum(labels == 1))
+    if true_positive == 0:
+        return 0.0
+    precision, recall = true_positive / predicted, true_positive / actual
+    return 2 * precision * recall / (precision + recall)
+
+
+def matthews_correlation(predictions, labels) -> float:
+    """Matthews correlation of binary predictions (CoLA); 0 when a row or column of the confusion matrix is empty."""
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    tp = float(np.sum((predictions == 1) & (labels == 1)))
+    tn = float(np.sum((predictions == 0) & (labels == 0)))
+    fp = float(np.sum((predictions == 1) & (labels == 0)))
+    fn = float(np.sum((predictions == 0) & (labels == 1)))
+    denominator = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return float((tp * tn - fp * fn) / denominator) if denominator else 0.0
+
+
+def pearson(predictions, labels) -> float:
+    return float(np.corrcoef(np.asarray(predictions, dtype=float), np.asarray(labels, dtype=float))[0, 1])
+
+
+def spearman(predictions, labels) -> float:
+    """Pearson correlation of the ranks (ties get their average rank)."""
+    from scipy.stats import rankdata
+
+    return pearson(rankdata(predictions), rankdata(labels))
+
+
+GLUE_METRICS = {
+    "accuracy": lambda p, l: {"accuracy": accuracy(p, l)},
+    "f1_accuracy": lambda p, l: {"accuracy": accuracy(p, l), "f1": binary_f1(p, l)},
+    "matthews": lambda p, l: {"matthews_correlation": matthews_correlation(p, l)},
+    "correlation": lambda p, l: {"pearson": pearson(p, l), "spearmanr": spearman(p, l)},
+}
+
+
+def glue_metrics(kind: str, predictions, labels) -> dict:
+    """`predictions` are class ids (or scores for the correlation metrics of STS-B)."""
+    return GLUE_METRICS[kind](predictions, labels)

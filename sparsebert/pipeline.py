@@ -18,8 +18,13 @@ logger = logging.getLogger(__name__)
 
 def check_run_args(model_args, sparse_args, training_args):
     """Flag-level checks that need no model or data: done first, so bad input costs nothing."""
+    student = model_args.student_model_name_or_path
+    if student and model_args.model_name_or_path and student != model_args.model_name_or_path:
+        raise UsageError(f"--student_model_name_or_path {student} and --model_name_or_path "
+                         f"{model_args.model_name_or_path} name different models: give one")
+    model_args.model_name_or_path = model_args.model_name_or_path or student
     if not model_args.model_name_or_path:
-        raise UsageError("--model_name_or_path is required")
+        raise UsageError("--model_name_or_path (or --student_model_name_or_path) is required")
     if not (training_args.do_train or training_args.do_eval or sparse_args.do_onnx_export):
         raise UsageError("nothing to do: pass --do_train, --do_eval and/or --do_onnx_export")
     check_distillation_args(model_args)
