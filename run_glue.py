@@ -11,10 +11,11 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
-from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, TrainingArguments, set_seed
+from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, set_seed
 
 from sparsebert import pipeline
-from sparsebert.cli import ModelArguments, SparsificationArguments, UsageError, parse_args, run_cli, setup_logging
+from sparsebert.cli import (ModelArguments, SparseTrainingArguments, SparsificationArguments, UsageError, parse_args,
+                            run_cli, setup_logging)
 from sparsebert.glue import compute_task_metrics, get_task, load_glue_datasets
 from sparsebert.layer_dropping import drop_layers_if_asked
 from sparsebert.onnx_export import batch_from_features
@@ -44,7 +45,7 @@ class DataTrainingArguments:
 
 def main(argv=None):
     model_args, data_args, sparse_args, training_args = parse_args(
-        (ModelArguments, DataTrainingArguments, SparsificationArguments, TrainingArguments), argv)
+        (ModelArguments, DataTrainingArguments, SparsificationArguments, SparseTrainingArguments), argv)
     setup_logging(training_args)
     task_name, task = get_task(data_args.task_name)
     pipeline.check_run_args(model_args, sparse_args, training_args)

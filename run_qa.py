@@ -10,15 +10,15 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from transformers import AutoModelForQuestionAnswering, DataCollatorWithPadding, TrainingArguments, set_seed
+from transformers import AutoModelForQuestionAnswering, DataCollatorWithPadding, set_seed
 
-from sparsebert.cli import ModelArguments, SparsificationArguments, UsageError, parse_args, run_cli, setup_logging
-from sparsebert.cli import write_json
+from sparsebert import pipeline
+from sparsebert.cli import (ModelArguments, SparseTrainingArguments, SparsificationArguments, UsageError, parse_args,
+                            run_cli, setup_logging, write_json)
 from sparsebert.layer_dropping import drop_layers_if_asked
 from sparsebert.metrics import squad_v1_metrics, squad_v2_metrics
 from sparsebert.onnx_export import batch_from_features
 from sparsebert.sparsity import sparsity_report
-from sparsebert import pipeline
 from trainer_qa import QuestionAnsweringTrainer
 from utils_qa import drop_misaligned_answers, load_squad_datasets, postprocess_qa_predictions, tokenize_squad
 
@@ -61,7 +61,7 @@ class DataTrainingArguments:
 
 def main(argv=None):
     model_args, data_args, sparse_args, training_args = parse_args(
-        (ModelArguments, DataTrainingArguments, SparsificationArguments, TrainingArguments), argv)
+        (ModelArguments, DataTrainingArguments, SparsificationArguments, SparseTrainingArguments), argv)
     setup_logging(training_args)
     data_args.check()
     pipeline.check_run_args(model_args, sparse_args, training_args)

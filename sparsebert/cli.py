@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass, field
 
 import datasets
+import torch
 import transformers
 from transformers import HfArgumentParser, TrainingArguments
 
@@ -88,6 +89,19 @@ class SparsificationArguments:
         if not isinstance(variables, dict):
             raise UsageError(f"--recipe_args must be a JSON object of variable names to values: {self.recipe_args}")
         return variables
+
+
+@dataclass
+class SparseTrainingArguments(TrainingArguments):
+    """TrainingArguments with one fix for torchrun on CPU: there, the Trainer's default backend leaves every
+    process training alone on all the data (twice the optimizer steps the recipe expects, both processes
+    writing the outputs); gloo makes them one data-parallel run."""
+
+    def __post_init__(self):
+        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if distributed and self.ddp_backend is None and not torch.cuda.is_available():
+            self.ddp_backend = "gloo"
+        super().__post_init__()
 
 
 def parse_args(dataclass_types, argv=None):

@@ -3,9 +3,11 @@ report sparsity, and export."""
 
 import logging
 import os
+import re
+import signal
+import sys
 
 from transformers import AutoConfig, AutoTokenizer
-from transformers.trainer_utils import get_last_checkpoint
 
 from sparsebert.cli import UsageError, check_output_dir, write_json
 from sparsebert.distillation import check_distillation_args, check_same_vocabulary
@@ -30,13 +32,30 @@ def check_run_args(model_args, sparse_args, training_args):
     check_distillation_args(model_args)
     resume = training_args.resume_from_checkpoint
     if resume in ("True", "true", "last"):  # the HF way: the newest checkpoint-N in output_dir
-        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        last = last_complete_checkpoint(training_args.output_dir)
         if last is None:
-            raise UsageError(f"--resume_from_checkpoint {resume}: no checkpoint-N folder in {training_args.output_dir}")
+            raise UsageError(f"--resume_from_checkpoint {resume}: no complete checkpoint-N folder in "
+                             f"{training_args.output_dir}")
         training_args.resume_from_checkpoint = last
-    elif resume is not None and not os.path.isdir(resume):
-        raise UsageError(f"--resume_from_checkpoint {resume}: no such checkpoint folder")
+    elif resume is not None and not os.path.isfile(os.path.join(resume, "trainer_state.json")):
+        raise UsageError(f"--resume_from_checkpoint {resume}: not a complete checkpoint folder "
+                         f"(no trainer_state.json)")
     check_output_dir(training_args, sparse_args)
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest checkpoint-N holding trainer_state.json, which the Trainer writes last: a checkpoint cut off
+    while being written (a crash, a kill) is skipped."""
+    if not os.path.isdir(output_dir):
+        return None
+    numbered = [(int(m.group(1)), name) for name in os.listdir(output_dir)
+                if (m := re.fullmatch(r"checkpoint-(\d+)", name))]
+    for _, name in sorted(numbered, reverse=True):
+        path = os.path.join(output_dir, name)
+        if os.path.isfile(os.path.join(path, "trainer_state.json")):
+            return path
+        logger.warning(f"Skipping {path}: incomplete (no trainer_state.json)")
+    return None
 
 
 def load_training_recipe(sparse_args, training_args):
@@ -85,8 +104,13 @@ def recipe_targets(manager, model, sparse_args) -> list[str]:
 def train_and_save(trainer, training_args, sparse_args, manager, tokenizer, num_train_examples: int):
     """Train (resuming when asked), then save the model the HF way with its recipe and sparsity report."""
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if trainer.graceful_stop.signal is not None:
+        name = signal.Signals(trainer.graceful_stop.signal).name
+        logger.warning(f"Stopped by {name} at step {trainer.state.global_step}; continue with "
+                       f"--resume_from_checkpoint last --output_dir {training_args.output_dir}")
+        sys.exit(128 + trainer.graceful_stop.signal)
     trainer.finalize_recipe()
-    trainer.save_model()  # model + tokenizer, safetensors
+    save_model_atomically(trainer, training_args.output_dir)
     metrics = dict(result.metrics, train_samples=num_train_examples)
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
@@ -98,6 +122,17 @@ def train_and_save(trainer, training_args, sparse_args, manager, tokenizer, num_
         write_json(os.path.join(training_args.output_dir, "sparsity_report.json"), report)
         logger.info("Sparsity after training:\n" + format_sparsity_table(report))
     return report
+
+
+def save_model_atomically(trainer, output_dir: str):
+    """save_pretrained into a scratch folder, then rename each file into place: a crash never leaves a
+    half-written model.safetensors where a finished one is expected."""
+    scratch = os.path.join(output_dir, ".saving")
+    trainer.save_model(scratch)  # model + tokenizer, safetensors
+    if trainer.is_world_process_zero():
+        for name in os.listdir(scratch):
+            os.replace(os.path.join(scratch, name), os.path.join(output_dir, name))
+        os.rmdir(scratch)
 
 
 def export_and_verify(trainer, tokenizer, sparse_args, training_args, output_names, verify_batch=None) -> dict | None:

@@ -1,15 +1,17 @@
 """The Trainer every script uses: the optimizer wrapped by SparseML's ScheduledOptimizer so the recipe
 prunes as training goes, optional teacher distillation, and the sparsity logged with the loss."""
 
+import json
 import logging
 import os
+import signal
 
 import torch
 from sparseml.pytorch.optim import ScheduledModifierManager, ScheduledOptimizer
 from sparseml.pytorch.utils import LoggerManager, PythonLogger
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
-from sparsebert.cli import UsageError
+from sparsebert.cli import UsageError, write_json
 from sparsebert.distillation import combine_losses, distillation_loss, freeze_teacher
 from sparsebert.recipe import schedule_epochs
 from sparsebert.sparsity import zero_fraction
@@ -45,6 +47,8 @@ class SparseMLTrainer(Trainer):
         self.hardness = hardness
         self.regression = regression
         self._loss_parts = {"student_loss": 0.0, "distill_loss": 0.0, "batches": 0}
+        self.graceful_stop = GracefulStop()
+        self.add_callback(self.graceful_stop)
 
     # ---- the recipe's schedule -----------------------------------------------------------------
 
@@ -73,7 +77,7 @@ class SparseMLTrainer(Trainer):
         optimizer = super().create_optimizer(model)
         if self.recipe is None or isinstance(optimizer, ScheduledOptimizer):
             return optimizer
-        self.optimizer = ScheduledOptimizer(
+        self.optimizer = _ResumableScheduledOptimizer(
             optimizer, self.model, self.recipe, steps_per_epoch=self.steps_per_epoch,
             loggers=_quiet_sparseml_loggers(),
         )
@@ -90,6 +94,23 @@ class SparseMLTrainer(Trainer):
         """Detach the recipe's hooks from the model; the pruned zeros stay in the weights."""
         if self.recipe is not None:
             self.recipe.finalize(self.model)
+
+    # ---- files: whole or not at all -------------------------------------------------------------
+
+    def save_metrics(self, split, metrics, combined=True):
+        if not self.is_world_process_zero():
+            return
+        write_json(os.path.join(self.args.output_dir, f"{split}_results.json"), metrics)
+        if combined:
+            path = os.path.join(self.args.output_dir, "all_results.json")
+            existing = json.load(open(path)) if os.path.isfile(path) else {}
+            write_json(path, {**existing, **metrics})
+
+    def save_state(self):
+        if self.is_world_process_zero():
+            path = os.path.join(self.args.output_dir, "trainer_state.json")
+            self.state.save_to_json(f"{path}.tmp")
+            os.replace(f"{path}.tmp", path)
 
     # ---- loss -----------------------------------------------------------------------------------
 
@@ -119,6 +140,50 @@ class SparseMLTrainer(Trainer):
                     logs[key] = round(self._loss_parts[key] / batches, 4)
             self._loss_parts = {"student_loss": 0.0, "distill_loss": 0.0, "batches": 0}
         super().log(logs, start_time)
+
+
+class _ResumableScheduledOptimizer(ScheduledOptimizer):
+    """ScheduledOptimizer inherits torch's state_dict / load_state_dict, which act on the wrapper's own attributes:
+    a checkpoint would restore nothing into the wrapped optimizer. Forward them to it."""
+
+    def state_dict(self):
+        return self._wrapper.wrapped_optimizer.state_dict()
+
+    def load_state_dict(self, state_dict):
+        self._wrapper.wrapped_optimizer.load_state_dict(state_dict)
+
+
+class GracefulStop(TrainerCallback):
+    """On SIGINT or SIGTERM, finish the current optimizer step, save a checkpoint and stop, so that
+    --resume_from_checkpoint continues from exactly there."""
+
+    def __init__(self):
+        self.signal = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.signal = signum
+        logger.warning(f"Got {signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
+                       f"(send it again to stop at once)")
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.signal is not None:
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
 
 
 def _quiet_sparseml_loggers():

@@ -1,0 +1,120 @@
+"""Resume, signals, several processes, determinism: what a user can rely on after a crash."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import run_qa
+from conftest import RECIPES, REPO
+from helpers import qa_args
+
+GMP = os.path.join(RECIPES, "80sparsity2epoch.yaml")
+
+
+def _json(path):
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def _sparsity_by_step(output_dir):
+    return {h["step"]: h["sparsity"] for h in _json(output_dir / "trainer_state.json")["log_history"]
+            if "sparsity" in h}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(qa_model_dir, squad_files, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("whole") / "out"
+    run_qa.main(qa_args(qa_model_dir, squad_files, output_dir, "--do_train", "--do_eval", "--nm_prune_config", GMP,
+                        "--logging_steps", "1", "--save_strategy", "steps", "--save_steps", "10"))
+    return output_dir
+
+
+def test_resume_continues_the_recipe_schedule(uninterrupted, qa_model_dir, squad_files, tmp_path):
+    resumed = tmp_path / "out"
+    resumed.mkdir()
+    shutil.copytree(uninterrupted / "checkpoint-10", resumed / "checkpoint-10")
+    run_qa.main(qa_args(qa_model_dir, squad_files, resumed, "--do_train", "--do_eval", "--nm_prune_config", GMP,
+                        "--logging_steps", "1", "--save_strategy", "steps", "--save_steps", "10",
+                        "--resume_from_checkpoint", "last"))
+    whole_state, resumed_state = _json(uninterrupted / "trainer_state.json"), _json(resumed / "trainer_state.json")
+    assert resumed_state["global_step"] == whole_state["global_step"]
+    whole, resumed_log = _sparsity_by_step(uninterrupted), _sparsity_by_step(resumed)
+    after = {step: value for step, value in resumed_log.items() if step > 10}  # 1-10 come from the checkpoint
+    assert set(after) == {step for step in whole if step > 10}
+    for step, sparsity in after.items():  # the same schedule, step for step
+        assert sparsity == pytest.approx(whole[step], abs=0.005), step
+    assert (_json(resumed / "sparsity_report.json")["targeted_sparsity"]
+            == pytest.approx(_json(uninterrupted / "sparsity_report.json")["targeted_sparsity"], abs=1e-9))
+    # optimizer state and data order are restored too: the resumed run ends where the whole one did
+    assert _json(resumed / "eval_results.json")["eval_f1"] == pytest.approx(
+        _json(uninterrupted / "eval_results.json")["eval_f1"], abs=1e-6)
+
+
+def test_incomplete_checkpoint_is_skipped_by_last(uninterrupted, qa_model_dir, squad_files, tmp_path):
+    from sparsebert.pipeline import last_complete_checkpoint
+
+    shutil.copytree(uninterrupted / "checkpoint-10", tmp_path / "checkpoint-10")
+    (tmp_path / "checkpoint-20").mkdir()  # cut off while being written
+    (tmp_path / "checkpoint-20" / "model.safetensors").write_bytes(b"\0" * 10)
+    assert last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-10")
+
+
+def test_same_seed_same_metrics(uninterrupted, qa_model_dir, squad_files, tmp_path):
+    run_qa.main(qa_args(qa_model_dir, squad_files, tmp_path / "again", "--do_train", "--do_eval",
+                        "--nm_prune_config", GMP, "--logging_steps", "1"))
+    assert _json(tmp_path / "again" / "eval_results.json")["eval_f1"] == _json(
+        uninterrupted / "eval_results.json")["eval_f1"]
+    assert _sparsity_by_step(tmp_path / "again") == _sparsity_by_step(uninterrupted)
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_finishes(qa_model_dir, squad_files, tmp_path):
+    output_dir = tmp_path / "out"
+    argv = qa_args(qa_model_dir, squad_files, output_dir, "--do_train", "--nm_prune_config", GMP,
+                   "--recipe_args", '{"num_epochs": 40}', "--logging_steps", "1")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen([sys.executable, os.path.join(REPO, "run_qa.py"), *argv], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env=env)
+    for line in process.stdout:  # wait until training is under way
+        if "'sparsity'" in line:
+            break
+    time.sleep(1.0)
+    process.send_signal(signal.SIGTERM)
+    rest = process.stdout.read()
+    assert process.wait(timeout=120) == 128 + signal.SIGTERM, rest[-2000:]
+    assert "Stopped by SIGTERM" in rest
+    checkpoints = [p for p in os.listdir(output_dir) if p.startswith("checkpoint-")]
+    assert len(checkpoints) == 1 and (output_dir / checkpoints[0] / "trainer_state.json").is_file()
+    stopped_at = _json(output_dir / checkpoints[0] / "trainer_state.json")["global_step"]
+    assert 0 < stopped_at < 600  # mid-run, and no step lost: the checkpoint is at the step it stopped
+    assert not (output_dir / "model.safetensors").exists()  # nothing passes for a finished model
+
+    run_qa.main(argv + ["--resume_from_checkpoint", "last"])
+    assert _json(output_dir / "trainer_state.json")["global_step"] == 600  # 15 steps x 40 epochs
+    assert _json(output_dir / "sparsity_report.json")["targeted_sparsity"] == pytest.approx(0.8, abs=0.005)
+
+
+def test_torchrun_two_processes_follow_the_same_schedule(qa_model_dir, squad_files, tmp_path):
+    """2 processes x batch 4 must take the optimizer steps of 1 process x batch 8: with the Trainer's defaults on
+    CPU each process trained alone on all the data (twice the steps) while the exit status stayed 0."""
+    common = ["--do_train", "--nm_prune_config", GMP, "--logging_steps", "1"]
+    single = tmp_path / "single"
+    run_qa.main(qa_args(qa_model_dir, squad_files, single, *common))
+    double = tmp_path / "double"
+    argv = qa_args(qa_model_dir, squad_files, double, *common, "--per_device_train_batch_size", "4")
+    at = argv.index("--use_cpu")
+    del argv[at:at + 2]  # the plain command a user types
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           os.path.join(REPO, "run_qa.py"), *argv], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = _json(single / "trainer_state.json"), _json(double / "trainer_state.json")
+    assert two["global_step"] == one["global_step"] == 30
+    assert (_json(double / "sparsity_report.json")["targeted_sparsity"]
+            == pytest.approx(_json(single / "sparsity_report.json")["targeted_sparsity"], abs=1e-9))
+    assert (done.stdout + done.stderr).count("Sparsity after training") == 1  # rank 0 alone reports
