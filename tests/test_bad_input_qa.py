@@ -44,6 +44,10 @@ CASES = {
     "recipe longer than --max_steps": (["--nm_prune_config", GMP, "--max_steps", "3"],
                                        r"the recipe runs to epoch 2 .* training stops after 3 \(--max_steps\)"),
     "empty training set": (["--max_train_samples", "0"], r"the training set is empty"),
+    "all answers misaligned": (["--train_file", "@misaligned"], r"the training set is empty"),
+    "resume without checkpoint": (["--resume_from_checkpoint", "last"], r"--resume_from_checkpoint last: no complete "
+                                                                        r"checkpoint-N folder in .*out"),
+    "resume from a non-checkpoint": (["--resume_from_checkpoint", "@bad_yaml"], r"not a complete checkpoint folder"),
 }
 
 
@@ -54,6 +58,8 @@ def bad_files(tmp_path):
         "unknown_modifier": _write(tmp_path, "unknown.yaml", "modifiers:\n  - !MagicPruningModifier\n    x: 1\n"),
         "roberta_params": _write(tmp_path, "roberta.yaml", open(GMP).read().replace("re:bert.", "re:roberta.")),
         "broken_json": _write(tmp_path, "broken.json", '{"data": [{"title": '),
+        "misaligned": _write(tmp_path, "misaligned.jsonl", '{"id": "1", "context": "the cup is red .", "question": '
+                             '"what color is the cup ?", "answers": {"text": ["red"], "answer_start": [3]}}\n'),
     }
 
 

