@@ -79,7 +79,7 @@ class SparseMLTrainer(Trainer):
             return optimizer
         self.optimizer = _ResumableScheduledOptimizer(
             optimizer, self.model, self.recipe, steps_per_epoch=self.steps_per_epoch,
-            loggers=_quiet_sparseml_loggers(),
+            loggers=quiet_sparseml_loggers(),
         )
         # on resume the Trainer has already restored global_step: continue the schedule from there
         resumed_steps = self.state.global_step if self.state is not None else 0
@@ -186,7 +186,7 @@ class GracefulStop(TrainerCallback):
         self._previous = {}
 
 
-def _quiet_sparseml_loggers():
+def quiet_sparseml_loggers():
     """Route the modifiers' own logs to a debug-level Python logger: sparseml's default would write log
     files into a sparse_logs/ folder in the working directory."""
     return LoggerManager([PythonLogger(logger=logging.getLogger("sparseml.modifiers"))], log_python=False)

@@ -29,6 +29,7 @@ def test_outputs_the_hf_way(trained):
     for name in ("model.safetensors", "config.json", "tokenizer.json", "recipe.yaml", "sparsity_report.json",
                  "eval_results.json", "all_results.json", "eval_predictions.json", "model.onnx", "onnx_parity.json"):
         assert (trained / name).is_file(), name
+    assert not os.path.exists("sparse_logs")  # sparseml's default loggers would write there
     assert (trained / "recipe.yaml").read_text() == open(os.path.join(RECIPES, "80sparsity2epoch.yaml")).read()
     results = _json(trained / "eval_results.json")
     assert 0 <= results["eval_exact_match"] <= results["eval_f1"] <= 100
