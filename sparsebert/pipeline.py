@@ -27,6 +27,8 @@ def check_run_args(model_args, sparse_args, training_args):
     model_args.model_name_or_path = model_args.model_name_or_path or student
     if not model_args.model_name_or_path:
         raise UsageError("--model_name_or_path (or --student_model_name_or_path) is required")
+    if sparse_args.recipe_args and not sparse_args.nm_prune_config:
+        raise UsageError("--recipe_args needs --nm_prune_config: there is no recipe to apply them to")
     if not (training_args.do_train or training_args.do_eval or sparse_args.do_onnx_export):
         raise UsageError("nothing to do: pass --do_train, --do_eval and/or --do_onnx_export")
     check_distillation_args(model_args)
@@ -67,11 +69,22 @@ def load_training_recipe(sparse_args, training_args):
     return manager
 
 
+def _loading(flag, name, load):
+    """Run a from_pretrained call; a model that cannot be found or read becomes a one-line UsageError."""
+    try:
+        return load()
+    except (OSError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"{flag} {name}: cannot load it ({reason})") from None
+
+
 def load_tokenizer_and_config(model_args, **config_kwargs):
-    config = AutoConfig.from_pretrained(model_args.config_name or model_args.model_name_or_path,
-                                        cache_dir=model_args.cache_dir, **config_kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path,
-                                              cache_dir=model_args.cache_dir)
+    config_name = model_args.config_name or model_args.model_name_or_path
+    tokenizer_name = model_args.tokenizer_name or model_args.model_name_or_path
+    config = _loading("--config_name" if model_args.config_name else "--model_name_or_path", config_name,
+                      lambda: AutoConfig.from_pretrained(config_name, cache_dir=model_args.cache_dir, **config_kwargs))
+    tokenizer = _loading("--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path", tokenizer_name,
+                         lambda: AutoTokenizer.from_pretrained(tokenizer_name, cache_dir=model_args.cache_dir))
     if not tokenizer.is_fast:
         raise UsageError(f"--model_name_or_path {model_args.model_name_or_path}: needs a fast tokenizer "
                          f"(tokenizer.json), which the data preparation relies on for offsets")
@@ -83,9 +96,11 @@ def load_teacher(model_args, auto_model_class, student_tokenizer, **config_kwarg
     name = model_args.teacher
     if name is None:
         return None
-    teacher_tokenizer = AutoTokenizer.from_pretrained(name, cache_dir=model_args.cache_dir)
+    flag = "--teacher_model_name_or_path"
+    teacher_tokenizer = _loading(flag, name, lambda: AutoTokenizer.from_pretrained(name, cache_dir=model_args.cache_dir))
     check_same_vocabulary(student_tokenizer, teacher_tokenizer, name)
-    teacher = auto_model_class.from_pretrained(name, cache_dir=model_args.cache_dir, **config_kwargs)
+    teacher = _loading(flag, name, lambda: auto_model_class.from_pretrained(name, cache_dir=model_args.cache_dir,
+                                                                            **config_kwargs))
     logger.info(f"Distilling from teacher {name} (hardness {model_args.distill_hardness}, "
                 f"temperature {model_args.temperature})")
     return teacher

@@ -36,6 +36,9 @@ CASES = {
                              r"params pattern 're:roberta.encoder.layer.\\d\+.attention.self.query.weight' of GMPruningModifier "
                              r"matches no parameter of this model"),
     "recipe_args not JSON": (["--nm_prune_config", GMP, "--recipe_args", "{num_epochs: 3}"], r"--recipe_args is not valid JSON"),
+    "recipe_args without recipe": (["--recipe_args", '{"num_epochs": 3}'], r"--recipe_args needs --nm_prune_config"),
+    "teacher missing": (["--teacher_model_name_or_path", "no/such/teacher"],
+                        r"--teacher_model_name_or_path no/such/teacher: cannot load it"),
     "train file missing": (["--train_file", "missing-train.json"], r"--train_file missing-train.json: no such file"),
     "validation file malformed": (["--validation_file", "@broken_json"], r"--validation_file .*broken.json: not valid JSON"),
     "doc_stride too large": (["--doc_stride", "60"], r"--doc_stride 60 is too large for --max_seq_length 64"),
@@ -71,6 +74,11 @@ def test_bad_input_is_refused_before_training(case, qa_model_dir, squad_files, b
     _expect_refusal(qa_args(qa_model_dir, squad_files, output_dir, "--do_train", "--do_eval", *extra), pattern,
                     output_dir)
     assert not output_dir.exists()
+
+
+def test_missing_model_is_named(squad_files, tmp_path):
+    _expect_refusal(qa_args(str(tmp_path / "no-model"), squad_files, tmp_path / "out", "--do_train"),
+                    r"--model_name_or_path .*no-model: cannot load it", tmp_path)
 
 
 def test_existing_output_dir_is_not_clobbered(qa_model_dir, squad_files, tmp_path):
