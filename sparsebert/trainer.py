@@ -31,12 +31,12 @@ class SparseMLTrainer(Trainer):
     # compute_loss returns per-batch means: the Trainer divides them for gradient accumulation
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, recipe: ScheduledModifierManager | None = None, recipe_path: str = "",
-                 targeted_names=(), teacher=None, logit_keys=("logits",), temperature=2.0, hardness=1.0,
-                 regression=False, **kwargs):
-        output_dir = kwargs["args"].output_dir if "args" in kwargs else args[1].output_dir
-        self._made_output_dir = not os.path.exists(output_dir)  # the Trainer creates it right away
-        super().__init__(*args, **kwargs)
+    def __init__(self, model=None, args=None, *, recipe: ScheduledModifierManager | None = None,
+                 recipe_path: str = "", targeted_names=(), teacher=None, logit_keys=("logits",), temperature=2.0,
+                 hardness=1.0, regression=False, **kwargs):
+        # the Trainer creates output_dir right away; remember whether it was there before
+        self._made_output_dir = args is None or not os.path.exists(args.output_dir)
+        super().__init__(model=model, args=args, **kwargs)
         self.recipe = recipe
         self.recipe_path = recipe_path
         self.targeted_names = list(targeted_names)

@@ -218,7 +218,8 @@ def test_mnli_reports_matched_and_mismatched(tmp_path):
     output_dir = tmp_path / "out"
     run_glue.main(_glue_args(_model_dir(tmp_path, "student", 3), files, output_dir, "MNLI", "--do_train",
                              "--do_eval", "--validation_mismatched_file", files["dev_mm"], "--nm_prune_config",
-                             os.path.join(RECIPES, "80sparsity1shot.yaml"), "--do_onnx_export"))
+                             os.path.join(RECIPES, "80sparsity1shot.yaml"), "--do_onnx_export", "--layers_to_keep", "1"))
+    assert _json(output_dir / "config.json")["num_hidden_layers"] == 1
     results = _json(output_dir / "eval_results.json")
     assert {"eval_accuracy", "eval_mm_accuracy", "eval_samples", "eval_mm_samples"} <= set(results)
     assert _json(output_dir / "onnx_parity.json")["parity_ok"]

@@ -102,7 +102,9 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(qa_model_dir, squad_file
 def test_torchrun_two_processes_follow_the_same_schedule(qa_model_dir, squad_files, tmp_path):
     """2 processes x batch 4 must take the optimizer steps of 1 process x batch 8: with the Trainer's defaults on
     CPU each process trained alone on all the data (twice the steps) while the exit status stayed 0."""
-    common = ["--do_train", "--nm_prune_config", GMP, "--logging_steps", "1"]
+    # with a teacher and layer dropping too: one distillation path, whatever the number of processes
+    common = ["--do_train", "--nm_prune_config", GMP, "--logging_steps", "1", "--teacher_model_name_or_path",
+              qa_model_dir, "--layers_to_keep", "1"]
     single = tmp_path / "single"
     run_qa.main(qa_args(qa_model_dir, squad_files, single, *common))
     double = tmp_path / "double"
@@ -118,3 +120,5 @@ def test_torchrun_two_processes_follow_the_same_schedule(qa_model_dir, squad_fil
     assert (_json(double / "sparsity_report.json")["targeted_sparsity"]
             == pytest.approx(_json(single / "sparsity_report.json")["targeted_sparsity"], abs=1e-9))
     assert (done.stdout + done.stderr).count("Sparsity after training") == 1  # rank 0 alone reports
+    assert _json(double / "config.json")["num_hidden_layers"] == 1
+    assert any("distill_loss" in h for h in two["log_history"])
