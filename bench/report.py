@@ -92,10 +92,18 @@ def regenerate(results_dir: str, readme: str | None = None):
         _update_readme(readme, all_results)
 
 
-def _update_readme(readme, all_results):
+def replace_readme_section(readme: str, start_marker: str, end_marker: str, body: str):
+    """Rewrite the README between two marker comments (atomically); other text is left alone."""
     text = open(readme).read()
-    if README_START not in text or README_END not in text:
+    if start_marker not in text or end_marker not in text:
         return
+    start, end = text.index(start_marker) + len(start_marker), text.index(end_marker)
+    with open(f"{readme}.tmp", "w") as handle:
+        handle.write(text[:start] + "\n" + body + "\n" + text[end:])
+    os.replace(f"{readme}.tmp", readme)
+
+
+def _update_readme(readme, all_results):
     sections = []
     for results in all_results:
         if results["table"] == "tiny":
@@ -103,10 +111,9 @@ def _update_readme(readme, all_results):
         sections.append(f"**{TITLES.get(results['table'], results['table'])}** — {results['budget']}\n\n"
                         + markdown_table(results))
     body = "\n\n".join(sections) or "_No benchmark row has finished yet._"
-    start, end = text.index(README_START) + len(README_START), text.index(README_END)
-    with open(f"{readme}.tmp", "w") as handle:
-        handle.write(text[:start] + "\n" + body + "\n" + text[end:])
-    os.replace(f"{readme}.tmp", readme)
+    if any(r["rows"] for r in all_results if r["table"] != "tiny"):
+        body += "\n\n![accuracy against sparsity](bench/results/accuracy_vs_sparsity.png)"
+    replace_readme_section(readme, README_START, README_END, body)
 
 
 if __name__ == "__main__":

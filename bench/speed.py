@@ -30,6 +30,7 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 sys.path.insert(0, REPO)
 
+from bench.report import replace_readme_section  # noqa: E402
 from bench.run import default_model, environment  # noqa: E402
 from sparsebert.cli import write_json  # noqa: E402
 from sparsebert.onnx_export import INPUT_NAMES, export_onnx  # noqa: E402
@@ -208,6 +209,8 @@ def main():
     write_json(os.path.join(args.results_dir, "speed.json"), result)
     with open(os.path.join(args.results_dir, "speed.md"), "w") as handle:
         handle.write(markdown(result) + "\n")
+    replace_readme_section(os.path.join(REPO, "README.md"), "<!-- speed:start -->", "<!-- speed:end -->",
+                           markdown(result))
     print(markdown(result))
 
 
