@@ -74,3 +74,25 @@ def test_the_model_learns_the_demo_task(qa_model_dir, tmp_path):
     run_qa.main(qa_args(qa_model_dir, files, tmp_path / "out", "--do_train", "--do_eval", "--num_train_epochs", "12",
                         "--learning_rate", "1e-3", "--per_device_train_batch_size", "8"))
     assert _json(tmp_path / "out" / "eval_results.json")["eval_f1"] > 50
+
+
+def test_squad_v2_with_unanswerable_questions(qa_model_dir, tmp_path):
+    rows = make_qa_examples(40, seed=5)
+    for row in rows[::3]:  # a third become unanswerable: asked about someone the context never mentions
+        row["question"] = "where does nobody live ?"
+        row["answers"] = {"text": [], "answer_start": []}
+    files = {"train": str(tmp_path / "train.jsonl"), "dev": str(tmp_path / "dev.jsonl")}
+    for path in files.values():
+        with open(path, "w") as handle:
+            handle.writelines(json.dumps(row) + "\n" for row in rows)
+    run_qa.main(qa_args(qa_model_dir, files, tmp_path / "out", "--do_train", "--do_eval", "--version_2_with_negative",
+                        "--num_train_epochs", "2"))
+    results = _json(tmp_path / "out" / "eval_results.json")
+    assert {"eval_exact_match", "eval_f1", "eval_HasAns_exact", "eval_NoAns_exact", "eval_best_f1",
+            "eval_best_f1_thresh"} <= set(results)
+    assert results["eval_HasAns_total"] + results["eval_NoAns_total"] == len(rows)
+    null_odds = _json(tmp_path / "out" / "eval_null_odds.json")
+    predictions = _json(tmp_path / "out" / "eval_predictions.json")
+    assert set(null_odds) == set(predictions)
+    # with the default threshold 0, a question gets "" exactly when its null score beats the best span
+    assert all((predictions[q] == "") == (null_odds[q] > 0.0) for q in predictions)
