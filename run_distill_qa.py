@@ -3,8 +3,9 @@
 
 The same pipeline as run_qa.py (every flag works here), for the seed's distillation commands:
 
-    python run_distill_qa.py --teacher_model_name_or_path TRAINED_QA_MODEL --student_model_name_or_path bert-base-uncased \
-        --distill_hardness 1.0 --temperature 2.0 --layers_to_keep 6 --nm_prune_config recipes/80sparselong.yaml ...
+    python run_distill_qa.py --teacher_model_name_or_path TRAINED_QA_MODEL \
+        --student_model_name_or_path bert-base-uncased --distill_hardness 1.0 --temperature 2.0 \
+        --layers_to_keep 6 --nm_prune_config recipes/80sparselong.yaml ...
 
 loss = (1 - hardness) * the student's own QA loss + hardness * T^2 * (KL_start + KL_end) / 2
 """

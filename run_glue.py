@@ -7,7 +7,6 @@ on both its matched and mismatched dev sets.
 """
 
 import logging
-import os
 from dataclasses import dataclass, field
 
 import numpy as np

@@ -75,7 +75,8 @@ def main(argv=None):
     model = AutoModelForQuestionAnswering.from_pretrained(model_args.model_name_or_path, config=config,
                                                           cache_dir=model_args.cache_dir)
     drop_layers_if_asked(model, model_args)
-    teacher = pipeline.load_teacher(model_args, AutoModelForQuestionAnswering, tokenizer) if training_args.do_train else None
+    teacher = (pipeline.load_teacher(model_args, AutoModelForQuestionAnswering, tokenizer)
+               if training_args.do_train else None)
     targeted = pipeline.recipe_targets(manager, model, sparse_args)
 
     train_dataset = eval_examples = eval_dataset = None

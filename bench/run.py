@@ -115,7 +115,8 @@ def row_command(script, common, row: Row, work_dir, table):
     if row.layers_to_keep:
         command += ["--layers_to_keep", str(row.layers_to_keep)]
     # continue a row cut off mid-training; otherwise start it clean
-    command += ["--resume_from_checkpoint", "last"] if last_complete_checkpoint(output_dir) else ["--overwrite_output_dir"]
+    resumable = last_complete_checkpoint(output_dir) is not None
+    command += ["--resume_from_checkpoint", "last"] if resumable else ["--overwrite_output_dir"]
     return command, output_dir
 
 
@@ -201,6 +202,7 @@ def main():
         model = args.model_name_or_path or default_model()
         selected = {name: spec for name, spec in tables(args.data_dir, model).items()
                     if not args.tables or name in args.tables}
+    readme = None if args.no_readme or args.tiny else os.path.join(REPO, "README.md")
     for table, (script, common, rows, budget) in selected.items():
         path = os.path.join(args.results_dir, f"{table}.json")
         results = json.load(open(path)) if os.path.isfile(path) else {"table": table, "budget": budget, "rows": {}}
@@ -209,8 +211,8 @@ def main():
                 continue
             results["rows"][row.name] = run_row(script, common, row, args.work_dir, table, budget)
             write_json(path, results)  # each row is kept the moment it is done
-            regenerate(args.results_dir, readme=None if args.no_readme or args.tiny else os.path.join(REPO, "README.md"))
-    regenerate(args.results_dir, readme=None if args.no_readme or args.tiny else os.path.join(REPO, "README.md"))
+            regenerate(args.results_dir, readme)
+    regenerate(args.results_dir, readme)
 
 
 def default_model():

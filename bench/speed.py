@@ -15,7 +15,6 @@ Each configuration is timed in alternating rounds so that drifts of a noisy mach
 
 import argparse
 import gzip
-import json
 import os
 import shutil
 import statistics
@@ -176,7 +175,8 @@ def markdown(result) -> str:
                                                                                                         engine)}
         lines.append(f"| {head} | {measure} | {engine} | {ms[0]:.1f} | {ms[80]:.1f} | {ms[90]:.1f} | "
                      f"{ms[0] / ms[80]:.2f}x | {ms[0] / ms[90]:.2f}x |")
-    lines += ["", "**File size** (bytes, gzip level 6)", "", "| head | sparsity | model.onnx | gzipped |", "|---|---|---|---|"]
+    lines += ["", "**File size** (bytes, gzip level 6)", "", "| head | sparsity | model.onnx | gzipped |",
+              "|---|---|---|---|"]
     for r in result["inference"]:
         if r["measure"] == "gzip size":
             lines.append(f"| {r['head']} | {r['sparsity']}% | {r['bytes']:,} | {r['gzip_bytes']:,} |")

@@ -82,7 +82,8 @@ def squad_v2_metrics(predictions: dict, references: dict, no_answer_probability:
     for prefix, wanted in (("HasAns", True), ("NoAns", False)):
         ids = [q for q in references if has_answer[q] == wanted]
         if ids:
-            result.update({f"{prefix}_exact": mean_over(exact, ids), f"{prefix}_f1": mean_over(f1, ids), f"{prefix}_total": len(ids)})
+            result.update({f"{prefix}_exact": mean_over(exact, ids), f"{prefix}_f1": mean_over(f1, ids),
+                           f"{prefix}_total": len(ids)})
     for name, scores in (("exact", exact), ("f1", f1)):
         best, threshold = _best_threshold(scores, no_answer_probability, predictions, has_answer)
         result[f"best_{name}"] = best
@@ -153,10 +154,10 @@ def spearman(predictions, labels) -> float:
 
 
 GLUE_METRICS = {
-    "accuracy": lambda p, l: {"accuracy": accuracy(p, l)},
-    "f1_accuracy": lambda p, l: {"accuracy": accuracy(p, l), "f1": binary_f1(p, l)},
-    "matthews": lambda p, l: {"matthews_correlation": matthews_correlation(p, l)},
-    "correlation": lambda p, l: {"pearson": pearson(p, l), "spearmanr": spearman(p, l)},
+    "accuracy": lambda pred, gold: {"accuracy": accuracy(pred, gold)},
+    "f1_accuracy": lambda pred, gold: {"accuracy": accuracy(pred, gold), "f1": binary_f1(pred, gold)},
+    "matthews": lambda pred, gold: {"matthews_correlation": matthews_correlation(pred, gold)},
+    "correlation": lambda pred, gold: {"pearson": pearson(pred, gold), "spearmanr": spearman(pred, gold)},
 }
 
 

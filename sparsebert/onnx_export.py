@@ -65,12 +65,14 @@ def export_onnx(model, tokenizer, export_dir: str, output_names, verify_batch: d
 
     os.makedirs(export_dir, exist_ok=True)
     model = model.to("cpu").eval()
-    wrapped = _LogitsOnly(model, list(output_names)).eval()  # a new Module starts in train mode: export would restore it
+    # eval(): a new Module starts in train mode, and the exporter restores that mode (dropout on) afterwards
+    wrapped = _LogitsOnly(model, list(output_names)).eval()
     # a padded row makes the tracer keep the attention-mask path (an all-ones mask can be optimized away)
     sample = make_batch(tokenizer, batch_size=2, seq_len=8)
     dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
     for name in output_names:
-        dynamic_axes[name] = {0: "batch", 1: "sequence"} if name.endswith(("start_logits", "end_logits")) else {0: "batch"}
+        per_token = name in ("start_logits", "end_logits")
+        dynamic_axes[name] = {0: "batch", 1: "sequence"} if per_token else {0: "batch"}
 
     target = os.path.join(export_dir, "model.onnx")
     tmp = os.path.join(export_dir, "model.onnx.tmp")

@@ -97,7 +97,8 @@ def load_teacher(model_args, auto_model_class, student_tokenizer, **config_kwarg
     if name is None:
         return None
     flag = "--teacher_model_name_or_path"
-    teacher_tokenizer = _loading(flag, name, lambda: AutoTokenizer.from_pretrained(name, cache_dir=model_args.cache_dir))
+    teacher_tokenizer = _loading(flag, name,
+                                 lambda: AutoTokenizer.from_pretrained(name, cache_dir=model_args.cache_dir))
     check_same_vocabulary(student_tokenizer, teacher_tokenizer, name)
     teacher = _loading(flag, name, lambda: auto_model_class.from_pretrained(name, cache_dir=model_args.cache_dir,
                                                                             **config_kwargs))
