@@ -117,7 +117,11 @@ def parse_args(dataclass_types, argv=None):
             raise UsageError(f"argument file {argv[0]}: not valid JSON ({err})") from None
         except ValueError as err:
             raise UsageError(f"argument file {argv[0]}: {err}") from None
-    return parser.parse_args_into_dataclasses(args=argv)
+    try:
+        return parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as err:  # flags no dataclass knows: HfArgumentParser raises rather than exits
+        raise UsageError(str(err).replace("Some specified arguments are not used by the HfArgumentParser",
+                                          "unknown argument(s)")) from None
 
 
 def setup_logging(training_args: TrainingArguments):

@@ -46,6 +46,7 @@ CASES = {
                                        r"--max_seq_length 256 is more than the model's 128 position embeddings"),
     "recipe longer than --max_steps": (["--nm_prune_config", GMP, "--max_steps", "3"],
                                        r"the recipe runs to epoch 2 .* training stops after 3 \(--max_steps\)"),
+    "unknown flag": (["--nm_prune_confg", GMP], r"unknown argument\(s\): \['--nm_prune_confg'"),
     "empty training set": (["--max_train_samples", "0"], r"the training set is empty"),
     "all answers misaligned": (["--train_file", "@misaligned"], r"the training set is empty"),
     "resume without checkpoint": (["--resume_from_checkpoint", "last"], r"--resume_from_checkpoint last: no complete "

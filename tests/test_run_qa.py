@@ -16,7 +16,7 @@ def trained(qa_model_dir, squad_files, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("run") / "out"
     run_qa.main(qa_args(qa_model_dir, squad_files, output_dir, "--do_train", "--do_eval", "--do_onnx_export",
                         "--nm_prune_config", os.path.join(RECIPES, "80sparsity2epoch.yaml"),
-                        "--num_train_epochs", "5", "--logging_steps", "5"))
+                        "--num_train_epochs", "5", "--logging_steps", "5", "--report_to", "tensorboard"))
     return output_dir
 
 
@@ -47,6 +47,19 @@ def test_sparsity_report_and_training_log(trained):
     history = _json(trained / "trainer_state.json")["log_history"]
     logged = [entry["sparsity"] for entry in history if "sparsity" in entry]
     assert logged[0] < logged[-1] == pytest.approx(0.80, abs=0.005)  # the schedule is visible to the loggers
+
+
+def test_tensorboard_shows_the_pruning_schedule(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    curve = []
+    for root, _, files in os.walk(trained / "runs"):
+        for name in files:
+            accumulator = EventAccumulator(os.path.join(root, name))
+            accumulator.Reload()
+            if "train/sparsity" in accumulator.Tags()["scalars"]:
+                curve += [event.value for event in accumulator.Scalars("train/sparsity")]
+    assert curve == sorted(curve) and curve[0] < 0.8 and curve[-1] == pytest.approx(0.8, abs=0.005)
 
 
 def test_onnx_export_verified(trained):
