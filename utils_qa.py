@@ -218,7 +218,7 @@ def prepare_validation_features(examples, tokenizer, data_args):
     return tokenized
 
 
-def tokenize_squad(dataset: Dataset, tokenizer, data_args, train: bool, cache_dir_hint: str = "") -> Dataset:
+def tokenize_squad(dataset: Dataset, tokenizer, data_args, train: bool) -> Dataset:
     prepare = prepare_train_features if train else prepare_validation_features
     return dataset.map(
         prepare,
@@ -227,7 +227,7 @@ def tokenize_squad(dataset: Dataset, tokenizer, data_args, train: bool, cache_di
         remove_columns=dataset.column_names,
         load_from_cache_file=not data_args.overwrite_cache,
         fn_kwargs={"tokenizer": tokenizer, "data_args": data_args},
-        desc=f"Tokenizing {'train' if train else 'validation'} {cache_dir_hint}".strip(),
+        desc=f"Tokenizing {'train' if train else 'validation'}",
     )
 
 

@@ -4,13 +4,15 @@ import hashlib
 import json
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 from transformers import AutoModelForQuestionAnswering, BertConfig, BertForQuestionAnswering, TrainingArguments
 
 import run_qa
-from conftest import RECIPES
+from conftest import RECIPES, REPO
 from helpers import listing, qa_args
 from sparsebert.cli import UsageError
 from sparsebert.demo import make_bert, make_tokenizer
@@ -128,7 +130,10 @@ def test_prune_distill_drop_layers_and_export_end_to_end(squad_files, tmp_path):
                    "--teacher_model_name_or_path", str(teacher_dir), "--distill_hardness", "0.5",
                    "--temperature", "2.0", "--layers_to_keep", "2")
     argv[argv.index("--model_name_or_path")] = "--student_model_name_or_path"
-    run_qa.main(argv)
+    done = subprocess.run([sys.executable, os.path.join(REPO, "run_distill_qa.py"), *argv], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "Layer dropping: kept encoder layers [0, 2] of 3" in done.stdout + done.stderr
 
     assert _digest(teacher_dir) == teacher_before  # the teacher is never trained nor saved over
     reloaded = AutoModelForQuestionAnswering.from_pretrained(output_dir)
