@@ -109,3 +109,13 @@ def test_squad_v2_with_unanswerable_questions(qa_model_dir, tmp_path):
     assert set(null_odds) == set(predictions)
     # with the default threshold 0, a question gets "" exactly when its null score beats the best span
     assert all((predictions[q] == "") == (null_odds[q] > 0.0) for q in predictions)
+
+
+def test_a_json_argument_file_works_like_flags(trained, squad_files, tmp_path):
+    arguments = {"model_name_or_path": str(trained), "validation_file": squad_files["dev"], "do_eval": True,
+                 "output_dir": str(tmp_path / "out"), "max_seq_length": 64, "doc_stride": 16, "max_query_length": 16,
+                 "report_to": "none", "use_cpu": True}
+    (tmp_path / "args.json").write_text(json.dumps(arguments))
+    run_qa.main([str(tmp_path / "args.json")])
+    assert _json(tmp_path / "out" / "eval_results.json")["eval_f1"] == pytest.approx(
+        _json(trained / "eval_results.json")["eval_f1"], abs=1e-9)
