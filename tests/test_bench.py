@@ -26,3 +26,14 @@ def test_tiny_benchmark_writes_rows_and_resumes(tmp_path):
     # finished rows are not run again
     again = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert again.returncode == 0 and "[bench]" not in again.stdout
+
+    # on a fresh machine the teacher's model is gone (bench/work is not committed): it is trained again, and its
+    # recorded row is kept as it was
+    os.remove(work / "tiny" / "dense" / "model.safetensors")
+    del table["rows"]["gmp80_distill"]
+    (results / "tiny.json").write_text(json.dumps(table))
+    third = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert third.returncode == 0, third.stdout[-2000:] + third.stderr[-2000:]
+    assert "retraining its teacher dense" in third.stdout
+    rerun = json.load(open(results / "tiny.json"))
+    assert rerun["rows"]["dense"] == dense and "gmp80_distill" in rerun["rows"]
