@@ -23,7 +23,6 @@ import tempfile
 import time
 
 import numpy as np
-import torch
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
@@ -61,9 +60,10 @@ def prune_one_shot(model, sparsity):
     return model
 
 
-def batch(batch_size, seq_len, seed=0):
+def batch(batch_size, seq_len, vocab_size, seed=0):
+    """Random ordinary tokens (ids above the special ones) with a full attention mask."""
     generator = np.random.default_rng(seed)
-    return {"input_ids": generator.integers(1000, 29000, (batch_size, seq_len)).astype(np.int64),
+    return {"input_ids": generator.integers(5, vocab_size, (batch_size, seq_len)).astype(np.int64),
             "attention_mask": np.ones((batch_size, seq_len), dtype=np.int64),
             "token_type_ids": np.zeros((batch_size, seq_len), dtype=np.int64)}
 
@@ -84,9 +84,10 @@ def time_rounds(runners: dict, rounds: int, repeats: int) -> dict:
 
 def inference(model_dir, work, rounds, use_deepsparse):
     import onnxruntime
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    max_positions = AutoConfig.from_pretrained(model_dir).max_position_embeddings  # a small test model has 128
     rows = []
     for head, (outputs, throughput_shape) in HEADS.items():
         files = {}
@@ -97,7 +98,8 @@ def inference(model_dir, work, rounds, use_deepsparse):
             files[sparsity] = report["onnx_path"]
         for shape_name, shape in (("latency 1x128", (1, 128)), (f"throughput {throughput_shape[0]}x"
                                                                   f"{throughput_shape[1]}", throughput_shape)):
-            inputs = batch(*shape)
+            shape = (shape[0], min(shape[1], max_positions))
+            inputs = batch(*shape, vocab_size=len(tokenizer))
             runners = {}
             for sparsity, path in files.items():
                 options = onnxruntime.SessionOptions()
@@ -107,7 +109,10 @@ def inference(model_dir, work, rounds, use_deepsparse):
                 if use_deepsparse:
                     from deepsparse import compile_model
 
-                    engine = compile_model(path, batch_size=shape[0], input_shapes=[list(shape)] * 3)
+                    # compile_model fixes the input shapes in the file it is given: hand it a copy
+                    copy = path.replace(".onnx", f"-{shape[0]}x{shape[1]}.onnx")
+                    shutil.copyfile(path, copy)
+                    engine = compile_model(copy, batch_size=shape[0], input_shapes=[list(shape)] * 3)
                     ordered = [inputs[name] for name in INPUT_NAMES]
                     runners[("deepsparse", sparsity)] = lambda e=engine: e.run(ordered)
             repeats = 20 if shape[0] == 1 else 3
@@ -127,14 +132,14 @@ def inference(model_dir, work, rounds, use_deepsparse):
 def training_overhead(model_dir, rounds, steps):
     """Seconds per optimizer step with and without a GMP recipe that updates its masks every step."""
     from datasets import Dataset
-    from transformers import TrainingArguments
+    from transformers import AutoConfig, TrainingArguments
 
     from sparsebert.trainer import SparseMLTrainer
 
-    generator = torch.Generator().manual_seed(0)
     size = 16 * steps
-    data = Dataset.from_dict({"input_ids": torch.randint(1000, 29000, (size, 256), generator=generator).tolist(),
-                              "start_positions": [5] * size, "end_positions": [9] * size})
+    config = AutoConfig.from_pretrained(model_dir)
+    ids = batch(size, min(256, config.max_position_embeddings), config.vocab_size)["input_ids"]
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "start_positions": [5] * size, "end_positions": [9] * size})
     timings = {"no recipe": [], "GMP recipe": []}
     for _ in range(rounds):
         for name in timings:
@@ -158,7 +163,7 @@ def training_overhead(model_dir, rounds, steps):
 
 
 def markdown(result) -> str:
-    lines = ["**Training step** (MiniLM-L6 QA, batch 16 x 256, "
+    lines = [f"**Training step** ({result['model']} with a QA head, batch 16 x 256, "
              f"{result['training']['steps']} steps, median of {result['training']['rounds']} alternating rounds)", "",
              "| configuration | s / step | relative |", "|---|---|---|"]
     base = result["training"]["no recipe"]["median_s_per_step"]
@@ -189,8 +194,10 @@ def main():
     parser.add_argument("--results_dir", default=os.path.join(BENCH, "results"))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--train_steps", type=int, default=20)
+    parser.add_argument("--no_readme", action="store_true", help="do not rewrite the README's speed section")
     args = parser.parse_args()
     model_dir = args.model_name_or_path or default_model()
+    model_label = os.path.basename(os.path.normpath(model_dir)) if args.model_name_or_path else "all-MiniLM-L6-v2"
     try:
         import deepsparse  # noqa: F401
         use_deepsparse = True
@@ -199,7 +206,7 @@ def main():
         print("[speed] deepsparse is not installed: onnxruntime only", flush=True)
     work = tempfile.mkdtemp(prefix="speed-")
     try:
-        result = {"environment": environment(), "deepsparse": use_deepsparse,
+        result = {"model": model_label, "environment": environment(), "deepsparse": use_deepsparse,
                   "training": {"steps": args.train_steps, "rounds": min(args.rounds, 3),
                                **training_overhead(model_dir, min(args.rounds, 3), args.train_steps)},
                   "inference": inference(model_dir, work, args.rounds, use_deepsparse)}
@@ -209,8 +216,9 @@ def main():
     write_json(os.path.join(args.results_dir, "speed.json"), result)
     with open(os.path.join(args.results_dir, "speed.md"), "w") as handle:
         handle.write(markdown(result) + "\n")
-    replace_readme_section(os.path.join(REPO, "README.md"), "<!-- speed:start -->", "<!-- speed:end -->",
-                           markdown(result))
+    if not args.no_readme:
+        replace_readme_section(os.path.join(REPO, "README.md"), "<!-- speed:start -->", "<!-- speed:end -->",
+                               markdown(result))
     print(markdown(result))
 
 
