@@ -35,9 +35,50 @@ def markdown_table(results: dict) -> str:
                  f"{row['nonzero_parameters']:,}"]
         cells += [f"{_percent(table, row['metrics'][key]):.2f}" if key in row["metrics"] else "-"
                   for _, key in metric_columns]
-        cells.append(f"{row['train_runtime_s'] / 60:.0f} min" if row.get("train_runtime_s") else "-")
+        cells.append(train_time(row))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def train_time(row) -> str:
+    """Training minutes; a row resumed from a checkpoint timed only its last attempt, so its total is
+    extrapolated from that attempt's steps (marked ≈)."""
+    seconds, resumed = row.get("train_runtime_s"), row.get("resumed_from_step", 0)
+    if not seconds:
+        return "-"
+    if resumed:
+        seconds *= row["global_steps"] / (row["global_steps"] - resumed)
+    return f"{'≈' if resumed else ''}{seconds / 60:.0f} min"
+
+
+# Roughly one standard error of the dev-set estimate (binomial at the dense score and the dev-set size: SQuAD
+# 10,570 questions, SST-2 872, MRPC 408, RTE 277): a smaller difference between two rows is not a finding.
+NOISE = {"squad": 0.5, "sst2": 1.0, "mrpc": 2.0, "rte": 3.0, "tiny": 5.0}
+
+# The seed's findings as (finding, better row, worse row): the claim is that the first row scores higher.
+FINDINGS = (
+    ("GMP beats one-shot", "gmp80", "oneshot80"),
+    ("GMP beats one-shot", "gmp90", "oneshot90"),
+    ("distillation recovers accuracy", "gmp80_distill", "gmp80"),
+    ("distillation recovers accuracy", "gmp90_distill", "gmp90"),
+    ("distillation recovers accuracy", "layers3_distill", "layers3"),
+    ("pruning beats layer dropping", "gmp80", "layers3"),
+    ("pruning beats layer dropping", "gmp80_distill", "layers3_distill"),
+)
+
+
+def findings_table(results: dict) -> str:
+    """Each of the seed's findings that this table's rows can test: the difference and whether it holds."""
+    table, rows = results["table"], results["rows"]
+    label, key = METRICS[table][0]
+    lines = [f"| seed's finding | rows compared | {label} difference | holds here? |", "|---|---|---|---|"]
+    for finding, better, worse in FINDINGS:
+        if better not in rows or worse not in rows:
+            continue
+        difference = _percent(table, rows[better]["metrics"][key]) - _percent(table, rows[worse]["metrics"][key])
+        verdict = "within noise" if abs(difference) < NOISE[table] else ("yes" if difference > 0 else "**no**")
+        lines.append(f"| {finding} | {better} vs {worse} | {difference:+.2f} | {verdict} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def plot(all_results: list, path: str):
@@ -87,6 +128,9 @@ def regenerate(results_dir: str, readme: str | None = None):
         with open(os.path.join(results_dir, f"{results['table']}.md"), "w") as handle:
             handle.write(f"**{TITLES.get(results['table'], results['table'])}** — {results['budget']}\n\n")
             handle.write(markdown_table(results) + "\n")
+            findings = findings_table(results)
+            if findings:
+                handle.write(f"\n{findings}\n")
     plot(all_results, os.path.join(results_dir, "accuracy_vs_sparsity.png"))
     if readme and os.path.isfile(readme):
         _update_readme(readme, all_results)
@@ -108,8 +152,9 @@ def _update_readme(readme, all_results):
     for results in all_results:
         if results["table"] == "tiny":
             continue
+        findings = findings_table(results)
         sections.append(f"**{TITLES.get(results['table'], results['table'])}** — {results['budget']}\n\n"
-                        + markdown_table(results))
+                        + markdown_table(results) + (f"\n\n{findings}" if findings else ""))
     body = "\n\n".join(sections) or "_No benchmark row has finished yet._"
     if any(r["rows"] for r in all_results if r["table"] != "tiny"):
         body += "\n\n![accuracy against sparsity](bench/results/accuracy_vs_sparsity.png)"

@@ -123,6 +123,7 @@ def row_command(script, common, row: Row, work_dir, table):
 
 def run_row(script, common, row, work_dir, table, budget):
     command, output_dir = row_command(script, common, row, work_dir, table)
+    resumed = last_complete_checkpoint(output_dir) if "--resume_from_checkpoint" in command else None
     print(f"[bench] {table}/{row.name}: {' '.join(command)}", flush=True)
     started = time.time()
     with open(os.path.join(work_dir, f"{table}-{row.name}.log"), "w") as log:
@@ -152,7 +153,8 @@ def run_row(script, common, row, work_dir, table, budget):
         "epochs": results.get("epoch"),
         "global_steps": state["global_step"],
         "metrics": {k: v for k, v in results.items() if k.startswith("eval_") and isinstance(v, float)},
-        "train_runtime_s": results.get("train_runtime"),
+        "train_runtime_s": results.get("train_runtime"),  # this attempt only, when resumed
+        "resumed_from_step": int(resumed.rsplit("-", 1)[1]) if resumed else 0,
         "wall_s": round(time.time() - started, 1),
         "onnx_parity_max_abs_diff": read("onnx_parity.json")["max_abs_diff"],
         "environment": environment(),

@@ -37,3 +37,28 @@ def test_tiny_benchmark_writes_rows_and_resumes(tmp_path):
     assert "retraining its teacher dense" in third.stdout
     rerun = json.load(open(results / "tiny.json"))
     assert rerun["rows"]["dense"] == dense and "gmp80_distill" in rerun["rows"]
+
+
+def _row(f1, **extra):
+    return {"metrics": {"eval_f1": f1}, **extra}
+
+
+def test_findings_table_says_which_of_the_seeds_findings_hold():
+    from bench.report import findings_table
+
+    results = {"table": "squad", "rows": {"gmp80": _row(70.0), "oneshot80": _row(60.0), "gmp80_distill": _row(69.8),
+                                          "layers3": _row(72.0), "dense": _row(75.0)}}
+    lines = findings_table(results).splitlines()
+    assert "| GMP beats one-shot | gmp80 vs oneshot80 | +10.00 | yes |" in lines
+    assert "| distillation recovers accuracy | gmp80_distill vs gmp80 | -0.20 | within noise |" in lines
+    assert "| pruning beats layer dropping | gmp80 vs layers3 | -2.00 | **no** |" in lines
+    assert len(lines) == 5  # header, rule, and only the comparisons whose two rows exist
+    assert findings_table({"table": "squad", "rows": {"dense": _row(75.0)}}) == ""
+
+
+def test_train_time_of_a_resumed_row_is_extrapolated_from_its_last_attempt():
+    from bench.report import train_time
+
+    assert train_time({"train_runtime_s": 600.0, "global_steps": 100}) == "10 min"
+    # 25 of 100 steps ran before the interruption: the last attempt's 600 s covered 75 steps
+    assert train_time({"train_runtime_s": 600.0, "global_steps": 100, "resumed_from_step": 25}) == "≈13 min"
