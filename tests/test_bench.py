@@ -62,3 +62,16 @@ def test_train_time_of_a_resumed_row_is_extrapolated_from_its_last_attempt():
     assert train_time({"train_runtime_s": 600.0, "global_steps": 100}) == "10 min"
     # 25 of 100 steps ran before the interruption: the last attempt's 600 s covered 75 steps
     assert train_time({"train_runtime_s": 600.0, "global_steps": 100, "resumed_from_step": 25}) == "≈13 min"
+
+
+def test_every_benchmark_row_loads_its_recipe_with_its_arguments():
+    # a recipe variable the recipe does not define is an error in SparseML: catch it here, not hours into a run
+    sys.path.insert(0, REPO)
+    from bench.run import tables
+    from sparsebert.recipe import load_recipe
+
+    for table, (_, _, rows, _) in tables("data", "model").items():
+        for row in rows:
+            manager = load_recipe(os.path.join(REPO, "recipes", row.recipe), row.recipe_args)
+            if "num_epochs" in row.recipe_args:
+                assert manager.max_epochs == row.recipe_args["num_epochs"], (table, row.name)
