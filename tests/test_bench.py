@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -29,7 +30,7 @@ def test_tiny_benchmark_writes_rows_and_resumes(tmp_path):
 
     # on a fresh machine the teacher's model is gone (bench/work is not committed): it is trained again, and its
     # recorded row is kept as it was
-    os.remove(work / "tiny" / "dense" / "model.safetensors")
+    shutil.rmtree(work / "tiny")
     del table["rows"]["gmp80_distill"]
     (results / "tiny.json").write_text(json.dumps(table))
     third = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
@@ -62,6 +63,8 @@ def test_train_time_of_a_resumed_row_is_extrapolated_from_its_last_attempt():
     assert train_time({"train_runtime_s": 600.0, "global_steps": 100}) == "10 min"
     # 25 of 100 steps ran before the interruption: the last attempt's 600 s covered 75 steps
     assert train_time({"train_runtime_s": 600.0, "global_steps": 100, "resumed_from_step": 25}) == "≈13 min"
+    # resumed from its final checkpoint (killed after training, before its row was recorded): nothing was timed
+    assert train_time({"train_runtime_s": 0.5, "global_steps": 100, "resumed_from_step": 100}) == "-"
 
 
 def test_every_benchmark_row_loads_its_recipe_with_its_arguments():
