@@ -44,9 +44,7 @@ def train_time(row) -> str:
     """Training minutes; a row resumed from a checkpoint timed only its last attempt, so its total is
     extrapolated from that attempt's steps (marked ≈)."""
     seconds, resumed = row.get("train_runtime_s"), row.get("resumed_from_step", 0)
-    if not seconds:
-        return "-"
-    if resumed >= row["global_steps"]:  # resumed from its final checkpoint: no training was timed
+    if not seconds or resumed >= row["global_steps"]:  # resumed from its final checkpoint: nothing was timed
         return "-"
     if resumed:
         seconds *= row["global_steps"] / (row["global_steps"] - resumed)
@@ -111,7 +109,7 @@ def plot(all_results: list, path: str):
             axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
             for removed, score, name in points:
                 axis.annotate(name, (removed, score), textcoords="offset points", xytext=(4, 4), fontsize=6)
-        axis.set_title(TITLES.get(results["table"], results["table"]))
+        axis.set_title(TITLES.get(table, table))
         removed_max = max((p[0] for points in series.values() for p in points), default=0.0)
         axis.set_xlim(-2, max(50.0, removed_max + 5))  # from dense (0) on, so the drop from dense reads as a slope
         axis.set_xlabel("parameters removed, % of the dense model\n"

@@ -62,7 +62,8 @@ def tables(data_dir, model):
     common = ["--model_name_or_path", model, "--seed", "42", "--report_to", "none", "--disable_tqdm", "true",
               "--save_strategy", "epoch", "--save_total_limit", "1", "--logging_steps", "50",
               "--dataloader_num_workers", "0", "--do_train", "--do_eval", "--do_onnx_export"]
-    small = {"num_epochs": 6.0, "pruning_end_epoch": 3.0}  # small data: 3 pruning epochs, 3 to recover
+    small_pruned = {"num_epochs": 6.0, "pruning_end_epoch": 3.0}  # small data: 3 pruning epochs, 3 to recover
+    small_dense = {"num_epochs": 6.0}  # the no-prune recipe has no pruning epochs to set
     return {
         "squad": ("run_qa.py", common + [
             "--train_file", os.path.join(squad, "train-44-articles-v1.1.json"),
@@ -81,8 +82,8 @@ def tables(data_dir, model):
         **{task: ("run_glue.py", common + [
             "--task_name", task, "--glue_data_dir", os.path.join(glue, folder), "--max_seq_length", "128",
             "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "64", "--learning_rate", "5e-5"],
-            [Row(r.name, r.recipe, r.method, dict(small) if r.method != "dense" else {"num_epochs": small["num_epochs"]},
-                 r.teacher) for r in method_rows(gmp_only=True)],
+            [Row(r.name, r.recipe, r.method, dict(small_dense if r.method == "dense" else small_pruned), r.teacher)
+             for r in method_rows(gmp_only=True)],
             f"{task.upper()} train/dev from the original GLUE files; max_seq_length 128, batch 16, lr 5e-5, 6 epochs "
             f"(GMP over epochs 0-3), distillation hardness 1.0, temperature 2.0")
            for task, folder in (("mrpc", "MRPC"), ("rte", "RTE"))},
