@@ -128,7 +128,8 @@ def run_row(script, common, row, work_dir, table, budget):
     resumed = last_complete_checkpoint(output_dir) if "--resume_from_checkpoint" in command else None
     print(f"[bench] {table}/{row.name}: {' '.join(command)}", flush=True)
     started = time.time()
-    with open(os.path.join(work_dir, f"{table}-{row.name}.log"), "w") as log:
+    # a resumed row appends, so its log keeps the cut-off attempt too
+    with open(os.path.join(work_dir, f"{table}-{row.name}.log"), "a" if resumed else "w") as log:
         done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                               env={**os.environ, "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false"})
     if done.returncode != 0:
