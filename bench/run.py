@@ -78,7 +78,8 @@ def tables(data_dir, model):
             "--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "128", "--learning_rate", "5e-5"],
             method_rows(),
             "train: the full SST-2 train set (67,349); eval: dev (872); max_seq_length 64, batch 32, lr 5e-5, "
-            "2 epochs for every row (GMP over epoch 0-1), distillation hardness 1.0, temperature 2.0"),
+            "2 epochs for every row (GMP over epoch 0-1, one-shot at step 0), distillation hardness 1.0, "
+            "temperature 2.0"),
         **{task: ("run_glue.py", common + [
             "--task_name", task, "--glue_data_dir", os.path.join(glue, folder), "--max_seq_length", "128",
             "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "64", "--learning_rate", "5e-5"],
