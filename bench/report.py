@@ -81,6 +81,11 @@ def findings_table(results: dict) -> str:
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
+# one colour per method in every panel, so a method reads the same across tables
+METHOD_COLORS = {"GMP": "tab:blue", "GMP + distill": "tab:orange", "one-shot": "tab:purple",
+                 "layer dropping": "tab:green", "layer dropping + distill": "tab:red"}
+
+
 def plot(all_results: list, path: str):
     """Accuracy (F1 for SQuAD) against sparsity, one line per method, one panel per table."""
     import matplotlib
@@ -106,7 +111,8 @@ def plot(all_results: list, path: str):
             series.setdefault(method, []).append((removed, score, name))
         for method, points in sorted(series.items()):
             points.sort()
-            axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+            axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method,
+                      color=METHOD_COLORS.get(method))
             for removed, score, name in points:
                 axis.annotate(name, (removed, score), textcoords="offset points", xytext=(4, 4), fontsize=6)
         axis.set_title(TITLES.get(table, table))
