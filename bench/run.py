@@ -224,6 +224,10 @@ def main():
                 print(f"[bench] {table}/{row.name}: retraining its teacher {row.teacher}", flush=True)
                 run_row(script, common, by_name[row.teacher], args.work_dir, table, budget)
             results["rows"][row.name] = run_row(script, common, row, args.work_dir, table, budget)
+            # keep the harness's row order, whatever order the rows finished in
+            order = [r.name for r in rows if r.name in results["rows"]]
+            results["rows"] = {name: results["rows"][name]
+                               for name in order + [n for n in results["rows"] if n not in order]}
             write_json(path, results)  # each row is kept the moment it is done
             regenerate(args.results_dir, readme)
     regenerate(args.results_dir, readme)
