@@ -66,7 +66,6 @@ def main(argv=None):
     drop_layers_if_asked(model, model_args)
     teacher = (pipeline.load_teacher(model_args, AutoModelForSequenceClassification, tokenizer,
                                      num_labels=task.num_labels) if training_args.do_train else None)
-    targeted = pipeline.recipe_targets(manager, model, sparse_args)
 
     def tokenize(batch):
         texts = [batch[column] for column in task.text_columns]
@@ -102,7 +101,6 @@ def main(argv=None):
         compute_metrics=compute_metrics,
         recipe=manager,
         recipe_path=sparse_args.nm_prune_config,
-        targeted_names=targeted,
         teacher=teacher,
         logit_keys=("logits",),
         temperature=model_args.temperature,
@@ -127,7 +125,8 @@ def main(argv=None):
         verify_batch = batch_from_features(splits[eval_split].remove_columns("label"))
         onnx_report = pipeline.export_and_verify(trainer, tokenizer, sparse_args, training_args, ("logits",),
                                                  verify_batch)
-    pipeline.log_summary(training_args, metrics, report or sparsity_report(model, targeted), onnx_report)
+    report = report or sparsity_report(trainer.model, trainer.targeted_names)
+    pipeline.log_summary(training_args, metrics, report, onnx_report)
 
 
 if __name__ == "__main__":

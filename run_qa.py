@@ -77,7 +77,6 @@ def main(argv=None):
     drop_layers_if_asked(model, model_args)
     teacher = (pipeline.load_teacher(model_args, AutoModelForQuestionAnswering, tokenizer)
                if training_args.do_train else None)
-    targeted = pipeline.recipe_targets(manager, model, sparse_args)
 
     train_dataset = eval_examples = eval_dataset = None
     with training_args.main_process_first(desc="dataset preprocessing"):
@@ -119,7 +118,6 @@ def main(argv=None):
         compute_metrics=compute_metrics,
         recipe=manager,
         recipe_path=sparse_args.nm_prune_config,
-        targeted_names=targeted,
         teacher=teacher,
         logit_keys=QA_OUTPUTS,
         temperature=model_args.temperature,
@@ -146,7 +144,8 @@ def main(argv=None):
         verify_batch = batch_from_features(eval_dataset)
         onnx_report = pipeline.export_and_verify(trainer, tokenizer, sparse_args, training_args, QA_OUTPUTS,
                                                  verify_batch)
-    pipeline.log_summary(training_args, metrics, report or sparsity_report(model, targeted), onnx_report)
+    report = report or sparsity_report(trainer.model, trainer.targeted_names)
+    pipeline.log_summary(training_args, metrics, report, onnx_report)
 
 
 def _take(raw, split, limit):

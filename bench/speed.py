@@ -34,7 +34,7 @@ from sparsebert.cli import write_json  # noqa: E402
 from sparsebert.onnx_export import INPUT_NAMES, export_onnx  # noqa: E402
 from sparsebert.recipe import load_recipe, targeted_parameter_names  # noqa: E402
 from sparsebert.sparsity import zero_fraction  # noqa: E402
-from sparsebert.trainer import quiet_sparseml_loggers  # noqa: E402
+from sparsebert.recipe_run import quiet_sparseml_loggers  # noqa: E402
 
 SPARSITIES = (0, 80, 90)
 HEADS = {"qa": (("start_logits", "end_logits"), (16, 384)), "sst2": (("logits",), (32, 64))}
@@ -144,17 +144,15 @@ def training_overhead(model_dir, rounds, steps):
     for _ in range(rounds):
         for name in timings:
             model = load_model(model_dir, "qa")
-            manager = targeted = None
+            manager = None
             if name == "GMP recipe":
                 manager = load_recipe(os.path.join(REPO, "recipes", "90sparsity2epoch.yaml"),
                                       {"num_epochs": 1.0, "pruning_end_epoch": 1.0, "update_frequency": 0.0001})
-                targeted = targeted_parameter_names(manager, model)
             with tempfile.TemporaryDirectory() as out:
                 args = TrainingArguments(output_dir=out, per_device_train_batch_size=16, num_train_epochs=1,
                                          report_to="none", save_strategy="no", disable_tqdm=True, use_cpu=True,
                                          logging_strategy="no")
-                trainer = SparseMLTrainer(model=model, args=args, train_dataset=data, recipe=manager,
-                                          targeted_names=targeted or ())
+                trainer = SparseMLTrainer(model=model, args=args, train_dataset=data, recipe=manager)
                 start = time.perf_counter()
                 trainer.train()
                 timings[name].append((time.perf_counter() - start) / steps)

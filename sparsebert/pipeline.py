@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoTokenizer
 from sparsebert.cli import UsageError, check_output_dir, write_json
 from sparsebert.distillation import check_distillation_args, check_same_vocabulary
 from sparsebert.onnx_export import export_onnx
-from sparsebert.recipe import apply_recipe_epochs, load_recipe, save_recipe, targeted_parameter_names
+from sparsebert.recipe import apply_recipe_epochs, load_recipe, save_recipe
 from sparsebert.sparsity import format_sparsity_table, sparsity_report
 
 logger = logging.getLogger(__name__)
@@ -111,10 +111,6 @@ def check_max_seq_length(max_seq_length: int, config, flag: str = "--max_seq_len
     limit = getattr(config, "max_position_embeddings", None)
     if limit is not None and max_seq_length > limit:
         raise UsageError(f"{flag} {max_seq_length} is more than the model's {limit} position embeddings")
-
-
-def recipe_targets(manager, model, sparse_args) -> list[str]:
-    return targeted_parameter_names(manager, model, sparse_args.nm_prune_config) if manager is not None else []
 
 
 def train_and_save(trainer, training_args, sparse_args, manager, tokenizer, num_train_examples: int):

@@ -7,13 +7,13 @@ import os
 import signal
 
 import torch
-from sparseml.pytorch.optim import ScheduledModifierManager, ScheduledOptimizer
-from sparseml.pytorch.utils import LoggerManager, PythonLogger
+from sparseml.pytorch.optim import ScheduledModifierManager
 from transformers import Trainer, TrainerCallback
 
 from sparsebert.cli import UsageError, write_json
 from sparsebert.distillation import combine_losses, distillation_loss, freeze_teacher
-from sparsebert.recipe import schedule_epochs
+from sparsebert.recipe import schedule_epochs, targeted_parameter_names
+from sparsebert.recipe_run import RecipeRun
 from sparsebert.sparsity import zero_fraction
 
 logger = logging.getLogger(__name__)
@@ -22,33 +22,44 @@ logger = logging.getLogger(__name__)
 class SparseMLTrainer(Trainer):
     """A Trainer driven by a SparseML recipe.
 
-    recipe: the ScheduledModifierManager, or None to train dense.
-    targeted_names: parameters the recipe prunes (their sparsity is logged).
-    teacher: a frozen model to distill from; logit_keys name its outputs to match (("logits",) or
-    ("start_logits", "end_logits")); regression uses MSE instead of KL.
+    recipe: the ScheduledModifierManager, or None to train dense. Its structural modifiers (layer pruning) are
+    applied to the model here, its other modifiers when the optimizer is built.
+    teacher: a frozen model to distill from. With a recipe holding a DistillationModifier the recipe distills from
+    it (its hardness and temperature); otherwise our loss does, with `temperature` and `hardness`; logit_keys name
+    the outputs to match (("logits",) or ("start_logits", "end_logits")); regression uses MSE instead of KL.
     """
 
     # compute_loss returns per-batch means: the Trainer divides them for gradient accumulation
     loss_is_scaled_for_ga = False
 
     def __init__(self, model=None, args=None, *, recipe: ScheduledModifierManager | None = None,
-                 recipe_path: str = "", targeted_names=(), teacher=None, logit_keys=("logits",), temperature=2.0,
+                 recipe_path: str = "", teacher=None, logit_keys=("logits",), temperature=2.0,
                  hardness=1.0, regression=False, **kwargs):
         # the Trainer creates output_dir right away; remember whether it was there before
         self._made_output_dir = args is None or not os.path.exists(args.output_dir)
         super().__init__(model=model, args=args, **kwargs)
-        self.recipe = recipe
         self.recipe_path = recipe_path
-        self.targeted_names = list(targeted_names)
+        teacher = freeze_teacher(teacher, self.args.device) if teacher is not None else None
+        self.recipe_run = None
+        self.targeted_names = []
+        if recipe is not None:
+            self.recipe_run = RecipeRun(recipe, recipe_path, teacher=teacher if recipe.distillation_modifiers else None)
+            self.recipe_run.apply_structure(self.model)
+            self.targeted_names = targeted_parameter_names(recipe, self.model, recipe_path)
+        # our own distillation loss only when the recipe does not distill itself: never both
+        self.teacher = None if self.recipe_run is not None and self.recipe_run.distills else teacher
         self.steps_per_epoch = None
-        self.teacher = freeze_teacher(teacher, self.args.device) if teacher is not None else None
         self.logit_keys = tuple(logit_keys)
         self.temperature = temperature
         self.hardness = hardness
         self.regression = regression
-        self._loss_parts = {"student_loss": 0.0, "distill_loss": 0.0, "batches": 0}
+        self._loss_parts = {}  # sums of the loss's parts since the last log, and the batch count
         self.graceful_stop = GracefulStop()
         self.add_callback(self.graceful_stop)
+
+    @property
+    def recipe(self) -> ScheduledModifierManager | None:
+        return self.recipe_run.manager if self.recipe_run is not None else None
 
     # ---- the recipe's schedule -----------------------------------------------------------------
 
@@ -75,25 +86,33 @@ class SparseMLTrainer(Trainer):
 
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model)
-        if self.recipe is None or isinstance(optimizer, ScheduledOptimizer):
+        if self.recipe_run is None or self.recipe_run.optimizer is not None:
             return optimizer
-        self.optimizer = _ResumableScheduledOptimizer(
-            optimizer, self.model, self.recipe, steps_per_epoch=self.steps_per_epoch,
-            loggers=quiet_sparseml_loggers(),
-        )
-        # on resume the Trainer has already restored global_step: continue the schedule from there
+        # on resume the Trainer has already restored global_step: the schedule starts from there
         resumed_steps = self.state.global_step if self.state is not None else 0
-        if resumed_steps:
-            wrapper = self.optimizer._wrapper
-            wrapper._wrapped_steps = resumed_steps
-            wrapper._wrapped_epoch = resumed_steps / self.steps_per_epoch
-            logger.info(f"Recipe schedule resumed at step {resumed_steps} (epoch {wrapper._wrapped_epoch:.3f})")
+        self.optimizer = self.recipe_run.wrap_optimizer(optimizer, self.model, self.steps_per_epoch,
+                                                        start_epoch=resumed_steps / self.steps_per_epoch)
         return self.optimizer
+
+    def create_scheduler(self, num_training_steps, optimizer=None):
+        """A recipe with learning-rate modifiers owns the learning rate: the Trainer's scheduler then keeps
+        whatever the recipe set (a constant multiplier of 1, as sparseml's own trainer did)."""
+        if self.lr_scheduler is None and self.recipe_run is not None and self.recipe_run.owns_learning_rate:
+            names = ", ".join(sorted({type(m).__name__ for m in self.recipe.learning_rate_modifiers}))
+            logger.info(f"Learning rate: set by the recipe's {names} (--learning_rate {self.args.learning_rate:g} is "
+                        f"only the optimizer's value before the recipe's first step; --lr_scheduler_type and "
+                        f"warmup flags are not used)")
+            self.lr_scheduler = torch.optim.lr_scheduler.MultiplicativeLR(optimizer or self.optimizer, lambda _: 1.0)
+            return self.lr_scheduler
+        if self.lr_scheduler is None:
+            logger.info(f"Learning rate: the Trainer's {self.args.lr_scheduler_type} schedule from --learning_rate "
+                        f"{self.args.learning_rate:g}")
+        return super().create_scheduler(num_training_steps, optimizer)
 
     def finalize_recipe(self):
         """Detach the recipe's hooks from the model; the pruned zeros stay in the weights."""
-        if self.recipe is not None:
-            self.recipe.finalize(self.model)
+        if self.recipe_run is not None:
+            self.recipe_run.finalize(self.model)
 
     # ---- files: whole or not at all -------------------------------------------------------------
 
@@ -117,15 +136,23 @@ class SparseMLTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs[0]
-        if self.teacher is not None and model.training:
+        if model.training and self.teacher is not None:
             with torch.no_grad():
                 teacher_outputs = self.teacher(**{k: v for k, v in inputs.items() if k in _MODEL_INPUTS})
             distill = distillation_loss(outputs, teacher_outputs, self.logit_keys, self.temperature, self.regression)
-            self._loss_parts["student_loss"] += float(loss.detach())
-            self._loss_parts["distill_loss"] += float(distill.detach())
-            self._loss_parts["batches"] += 1
+            self._add_loss_parts(student_loss=loss, distill_loss=distill)
             loss = combine_losses(loss, distill, self.hardness)
+        if model.training and self.recipe_run is not None:  # its DistillationModifier, if any, acts here
+            student_loss = loss
+            loss = self.recipe_run.loss_update(loss, model, outputs, inputs)
+            if self.recipe_run.distills:
+                self._add_loss_parts(student_loss=student_loss)
         return (loss, outputs) if return_outputs else loss
+
+    def _add_loss_parts(self, **parts):
+        for key, value in parts.items():
+            self._loss_parts[key] = self._loss_parts.get(key, 0.0) + float(value.detach())
+        self._loss_parts["batches"] = self._loss_parts.get("batches", 0) + 1
 
     # ---- logging --------------------------------------------------------------------------------
 
@@ -134,23 +161,11 @@ class SparseMLTrainer(Trainer):
             if self.targeted_names:
                 params = dict(self.model.named_parameters())
                 logs["sparsity"] = round(zero_fraction(params[n] for n in self.targeted_names), 4)
-            batches = self._loss_parts.pop("batches")
-            if batches:
-                for key in ("student_loss", "distill_loss"):
-                    logs[key] = round(self._loss_parts[key] / batches, 4)
-            self._loss_parts = {"student_loss": 0.0, "distill_loss": 0.0, "batches": 0}
+            batches = self._loss_parts.pop("batches", 0)
+            for key, total in self._loss_parts.items():
+                logs[key] = round(total / batches, 4)
+            self._loss_parts = {}
         super().log(logs, start_time)
-
-
-class _ResumableScheduledOptimizer(ScheduledOptimizer):
-    """ScheduledOptimizer inherits torch's state_dict / load_state_dict, which act on the wrapper's own attributes:
-    a checkpoint would restore nothing into the wrapped optimizer. Forward them to it."""
-
-    def state_dict(self):
-        return self._wrapper.wrapped_optimizer.state_dict()
-
-    def load_state_dict(self, state_dict):
-        self._wrapper.wrapped_optimizer.load_state_dict(state_dict)
 
 
 class GracefulStop(TrainerCallback):
@@ -184,12 +199,6 @@ class GracefulStop(TrainerCallback):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
-
-
-def quiet_sparseml_loggers():
-    """Route the modifiers' own logs to a debug-level Python logger: sparseml's default would write log
-    files into a sparse_logs/ folder in the working directory."""
-    return LoggerManager([PythonLogger(logger=logging.getLogger("sparseml.modifiers"))], log_python=False)
 
 
 # what a teacher is fed: the model inputs without the labels

@@ -36,13 +36,13 @@ class SparsityRecorder(TrainerCallback):
 def _train(tmp_path, recipe, recipe_variables=None, batch_size=8, accumulation=1, rows=48, num_layers=2):
     model = make_bert(hidden_size=32, num_layers=num_layers)
     manager = load_recipe(os.path.join(RECIPES, recipe), recipe_variables)
-    targeted = targeted_parameter_names(manager, model, recipe)
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=batch_size,
                              gradient_accumulation_steps=accumulation, num_train_epochs=manager.max_epochs,
                              learning_rate=1e-3, report_to="none", save_strategy="no", disable_tqdm=True,
                              use_cpu=True, seed=0)
     trainer = SparseMLTrainer(model=model, args=args, train_dataset=_random_qa_dataset(rows), recipe=manager,
-                              recipe_path=recipe, targeted_names=targeted)
+                              recipe_path=recipe)
+    targeted = trainer.targeted_names
     recorder = SparsityRecorder(model, targeted)
     trainer.add_callback(recorder)
     trainer.train()
