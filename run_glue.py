@@ -48,7 +48,8 @@ def main(argv=None):
     setup_logging(training_args)
     task_name, task = get_task(data_args.task_name)
     pipeline.check_run_args(model_args, sparse_args, training_args)
-    manager = pipeline.load_training_recipe(sparse_args, training_args)
+    manager = pipeline.load_training_recipe(sparse_args, training_args, model_args, ("logits",),
+                                            regression=task.is_regression)
     set_seed(training_args.seed)
 
     need_eval = training_args.do_eval or sparse_args.do_onnx_export
@@ -64,7 +65,7 @@ def main(argv=None):
     model = AutoModelForSequenceClassification.from_pretrained(model_args.model_name_or_path, config=config,
                                                                cache_dir=model_args.cache_dir)
     drop_layers_if_asked(model, model_args)
-    teacher = (pipeline.load_teacher(model_args, AutoModelForSequenceClassification, tokenizer,
+    teacher = (pipeline.load_teacher(model_args, AutoModelForSequenceClassification, tokenizer, manager,
                                      num_labels=task.num_labels) if training_args.do_train else None)
 
     def tokenize(batch):

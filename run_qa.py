@@ -65,7 +65,7 @@ def main(argv=None):
     setup_logging(training_args)
     data_args.check()
     pipeline.check_run_args(model_args, sparse_args, training_args)
-    manager = pipeline.load_training_recipe(sparse_args, training_args)
+    manager = pipeline.load_training_recipe(sparse_args, training_args, model_args, QA_OUTPUTS)
     set_seed(training_args.seed)
 
     need_eval = training_args.do_eval or sparse_args.do_onnx_export
@@ -75,7 +75,7 @@ def main(argv=None):
     model = AutoModelForQuestionAnswering.from_pretrained(model_args.model_name_or_path, config=config,
                                                           cache_dir=model_args.cache_dir)
     drop_layers_if_asked(model, model_args)
-    teacher = (pipeline.load_teacher(model_args, AutoModelForQuestionAnswering, tokenizer)
+    teacher = (pipeline.load_teacher(model_args, AutoModelForQuestionAnswering, tokenizer, manager)
                if training_args.do_train else None)
 
     train_dataset = eval_examples = eval_dataset = None

@@ -43,6 +43,9 @@ class ModelArguments:
         default=None,
         metadata={"help": "A model already trained for the task to distill from; absent or 'disable' means none."},
     )
+    distill_teacher: str | None = field(
+        default=None, metadata={"help": "The same as --teacher_model_name_or_path (the name sparseml's trainer used)."}
+    )
     temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of the distillation KL."})
     distill_hardness: float = field(
         default=1.0, metadata={"help": "Share of the loss from the teacher: 1.0 all distillation, 0.0 none."}
@@ -58,15 +61,17 @@ class ModelArguments:
 
     @property
     def teacher(self) -> str | None:
-        name = self.teacher_model_name_or_path
+        name = self.teacher_model_name_or_path or self.distill_teacher
         return None if name in (None, "", "disable") else name
 
 
 @dataclass
 class SparsificationArguments:
     nm_prune_config: str | None = field(
-        default=None, metadata={"help": "SparseML recipe (YAML) that drives pruning and the training length."}
+        default=None, metadata={"help": "SparseML recipe (YAML, or Markdown with YAML front matter) that drives "
+                                        "pruning, the training length and whatever else its modifiers set."}
     )
+    recipe: str | None = field(default=None, metadata={"help": "The same as --nm_prune_config."})
     recipe_args: str | None = field(
         default=None, metadata={"help": 'JSON overrides of the recipe\'s variables, e.g. \'{"num_epochs": 3}\'.'}
     )

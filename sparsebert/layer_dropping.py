@@ -1,8 +1,10 @@
-"""Layer dropping: keep N of a model's encoder layers before training (the seed's other way to shrink BERT)."""
+"""Layer dropping: keep N of a model's encoder layers before training (the seed's other way to shrink BERT), or
+the layers a recipe's LayerPruningModifier removes."""
 
 import logging
 
 import torch
+from sparseml.pytorch.nn import Identity as SparsemlIdentity
 
 from sparsebert.cli import UsageError
 
@@ -52,6 +54,50 @@ def drop_layers(model, keep: list[int]):
                 module.layer_idx = new_index
     model.base_model.encoder.layer = kept
     model.config.num_hidden_layers = len(keep)
+    return model
+
+
+class SkippedLayer(torch.nn.Module):
+    """An encoder layer removed by a recipe's LayerPruningModifier: passes the hidden states through.
+
+    sparseml swaps in its own Identity, which returns every positional argument as a tuple; transformers 5's
+    encoders pass the attention mask positionally too, so that Identity would hand a tuple to the next layer."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
+
+
+def check_whole_layers(model, names, recipe_path: str):
+    """A LayerPruningModifier may only name whole encoder layers (anything else would be replaced by a
+    pass-through that does not fit where it sits)."""
+    layers = encoder_layers(model)
+    layer_names = {name for name, module in model.named_modules() if any(module is layer for layer in layers)}
+    for name in [names] if isinstance(names, str) else names:
+        if name not in layer_names:
+            example = sorted(layer_names)[0] if layer_names else "bert.encoder.layer.0"
+            raise UsageError(f"--nm_prune_config {recipe_path}: !LayerPruningModifier layer {name!r} is not an encoder "
+                             f"layer of this model (they are named like {example!r})")
+
+
+def replace_identity_layers(model) -> list[int]:
+    """Put a SkippedLayer wherever layer pruning left sparseml's Identity; returns those layer indices."""
+    layers = encoder_layers(model)
+    skipped = []
+    for index, layer in enumerate(layers):
+        if isinstance(layer, SparsemlIdentity):
+            layers[index] = SkippedLayer()
+        if isinstance(layers[index], SkippedLayer):
+            skipped.append(index)
+    return skipped
+
+
+def remove_skipped_layers(model):
+    """Before saving: take the recipe's removed layers out for good, so the saved model is an ordinary
+    shallower one whose config holds its real depth."""
+    layers = encoder_layers(model)
+    keep = [i for i, layer in enumerate(layers) if not isinstance(layer, SkippedLayer)]
+    if len(keep) < len(layers):
+        drop_layers(model, keep)
     return model
 
 

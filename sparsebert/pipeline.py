@@ -27,6 +27,8 @@ def check_run_args(model_args, sparse_args, training_args):
     model_args.model_name_or_path = model_args.model_name_or_path or student
     if not model_args.model_name_or_path:
         raise UsageError("--model_name_or_path (or --student_model_name_or_path) is required")
+    _merge_alias(model_args, "teacher_model_name_or_path", "distill_teacher")
+    _merge_alias(sparse_args, "nm_prune_config", "recipe")
     if sparse_args.recipe_args and not sparse_args.nm_prune_config:
         raise UsageError("--recipe_args needs --nm_prune_config: there is no recipe to apply them to")
     if not (training_args.do_train or training_args.do_eval or sparse_args.do_onnx_export):
@@ -45,6 +47,15 @@ def check_run_args(model_args, sparse_args, training_args):
     check_output_dir(training_args, sparse_args)
 
 
+def _merge_alias(args, name: str, alias: str):
+    """Two flags for one thing: take whichever was given, refuse two different values."""
+    value, alias_value = getattr(args, name), getattr(args, alias)
+    if value and alias_value and value != alias_value:
+        raise UsageError(f"--{name} {value} and --{alias} {alias_value} name different things: give one")
+    setattr(args, name, value or alias_value)
+    setattr(args, alias, value or alias_value)
+
+
 def last_complete_checkpoint(output_dir: str) -> str | None:
     """The newest checkpoint-N holding trainer_state.json, which the Trainer writes last: a checkpoint cut off
     while being written (a crash, a kill) is skipped."""
@@ -60,12 +71,28 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     return None
 
 
-def load_training_recipe(sparse_args, training_args):
-    """The recipe's manager when training with one (its length applied to training_args), else None."""
+def load_training_recipe(sparse_args, training_args, model_args, output_names, regression=False):
+    """The recipe's manager when training with one (its length applied to training_args), else None. What its
+    modifiers need from this run is checked here, before any model or data is loaded."""
     if not (training_args.do_train and sparse_args.nm_prune_config):
         return None
-    manager = load_recipe(sparse_args.nm_prune_config, sparse_args.recipe_variables)
-    apply_recipe_epochs(manager, training_args, sparse_args.nm_prune_config)
+    path = sparse_args.nm_prune_config
+    manager = load_recipe(path, sparse_args.recipe_variables)
+    for modifier in manager.distillation_modifiers:
+        if model_args.teacher is None:
+            raise UsageError(f"--nm_prune_config {path}: its !DistillationModifier needs a teacher: pass "
+                             f"--teacher_model_name_or_path (or --distill_teacher) with a model fine-tuned for the task")
+        if regression:
+            raise UsageError(f"--nm_prune_config {path}: !DistillationModifier matches class distributions, and a "
+                             f"regression head has none; drop it and use --teacher_model_name_or_path alone (MSE)")
+        missing = [key for key in modifier.distill_output_keys or () if key not in output_names]
+        if missing:
+            raise UsageError(f"--nm_prune_config {path}: !DistillationModifier distill_output_keys {missing} are not "
+                             f"outputs of this model (it has {', '.join(output_names)})")
+    layer_pruning = any(type(m).__name__ == "LayerPruningModifier" for m in manager.iter_modifiers())
+    if layer_pruning and model_args.layers_to_keep is not None:
+        raise UsageError(f"--layers_to_keep and the !LayerPruningModifier of {path} both drop layers: use one")
+    apply_recipe_epochs(manager, training_args, path)
     return manager
 
 
@@ -91,8 +118,9 @@ def load_tokenizer_and_config(model_args, **config_kwargs):
     return tokenizer, config
 
 
-def load_teacher(model_args, auto_model_class, student_tokenizer, **config_kwargs):
-    """The frozen teacher model, or None; refuses a teacher whose vocabulary differs from the student's."""
+def load_teacher(model_args, auto_model_class, student_tokenizer, manager=None, **config_kwargs):
+    """The frozen teacher model, or None; refuses a teacher whose vocabulary differs from the student's.
+    With a recipe that has a DistillationModifier, the recipe's settings distill from it (never ours as well)."""
     name = model_args.teacher
     if name is None:
         return None
@@ -102,8 +130,14 @@ def load_teacher(model_args, auto_model_class, student_tokenizer, **config_kwarg
     check_same_vocabulary(student_tokenizer, teacher_tokenizer, name)
     teacher = _loading(flag, name, lambda: auto_model_class.from_pretrained(name, cache_dir=model_args.cache_dir,
                                                                             **config_kwargs))
-    logger.info(f"Distilling from teacher {name} (hardness {model_args.distill_hardness}, "
-                f"temperature {model_args.temperature})")
+    recipe_distillers = manager.distillation_modifiers if manager is not None else []
+    if recipe_distillers:
+        settings = ", ".join(f"hardness {m.hardness:g}, temperature {m.temperature:g}" for m in recipe_distillers)
+        logger.info(f"Distilling from teacher {name} as the recipe's !DistillationModifier says ({settings}); "
+                    f"--distill_hardness and --temperature apply only to recipes without one")
+    else:
+        logger.info(f"Distilling from teacher {name} (hardness {model_args.distill_hardness}, "
+                    f"temperature {model_args.temperature})")
     return teacher
 
 

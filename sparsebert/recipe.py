@@ -1,5 +1,6 @@
-"""SparseML recipes: loading with clear errors, checking them against a model, deciding the training
-length, and saving the recipe used next to the model."""
+"""SparseML recipes: loading with clear errors (YAML, or Markdown with YAML front matter as sparseml publishes
+them), refusing modifiers we cannot run, checking them against a model, deciding the training length, and saving
+the recipe used next to the model."""
 
 import json
 import logging
@@ -18,6 +19,24 @@ logger = logging.getLogger(__name__)
 FLAG = "--nm_prune_config"
 # sparseml keywords that select parameters by kind instead of by name
 _PARAM_KEYWORDS = ("__ALL__", "__ALL_PRUNABLE__")
+
+# The modifiers our training loop drives, with what each needs from the user (README, "Recipes from sparseml").
+# Anything else is refused by name: a modifier the loop does not feed would run half or not at all.
+SUPPORTED_MODIFIERS = {
+    "EpochRangeModifier": "sets the training length",
+    "GMPruningModifier": "",
+    "MagnitudePruningModifier": "",
+    "GlobalMagnitudePruningModifier": "",
+    "MovementPruningModifier": "",
+    "OBSPruningModifier": "gradient samples from the training set (memory: prunable weights x fisher_block_size "
+                          "x 4 bytes)",
+    "ConstantPruningModifier": "an already sparse model (keeps its zeros)",
+    "LayerPruningModifier": "whole encoder layers, removed for good (end_epoch -1)",
+    "LearningRateFunctionModifier": "owns the learning rate",
+    "SetLearningRateModifier": "owns the learning rate",
+    "SetWeightDecayModifier": "",
+    "DistillationModifier": "a teacher: --teacher_model_name_or_path (or --distill_teacher)",
+}
 
 
 def load_recipe(path: str, variables: dict | None = None) -> ScheduledModifierManager:
@@ -44,7 +63,19 @@ def load_recipe(path: str, variables: dict | None = None) -> ScheduledModifierMa
         raise UsageError(f"{FLAG} {path}: invalid modifier settings ({err})") from None
     if not manager.modifiers:
         raise UsageError(f"{FLAG} {path}: holds no modifiers")
+    check_supported_modifiers(manager, path)
     return manager
+
+
+def check_supported_modifiers(manager: ScheduledModifierManager, path: str):
+    for modifier in _modifiers(manager):
+        name = type(modifier).__name__
+        if name not in SUPPORTED_MODIFIERS:
+            raise UsageError(f"{FLAG} {path}: !{name} is not supported by these scripts (supported: "
+                             f"{', '.join(SUPPORTED_MODIFIERS)})")
+        if name == "LayerPruningModifier" and modifier.end_epoch != -1:
+            raise UsageError(f"{FLAG} {path}: !LayerPruningModifier with end_epoch {modifier.end_epoch:g} would put "
+                             f"the layers back; only end_epoch -1 (removed for good) is supported")
 
 
 def _modifiers(manager):

@@ -10,14 +10,20 @@ gradients (OBS). RecipeRun hands it each of these through sparseml's public API 
 import inspect
 import logging
 
+import psutil
 import torch
-from sparseml.pytorch.nn import Identity as SparsemlIdentity
+from sparseml.pytorch.utils.helpers import any_str_or_regex_matches_param_name
+from torch.utils.data import DataLoader
 from sparseml.pytorch.optim import ScheduledModifierManager
 from sparseml.pytorch.utils import LoggerManager, PythonLogger
+
+from sparsebert.cli import UsageError
+from sparsebert.layer_dropping import check_whole_layers, encoder_layers, remove_skipped_layers, replace_identity_layers
 
 logger = logging.getLogger(__name__)
 
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+_GRADIENT_SAMPLING_MODIFIERS = ("OBSPruningModifier",)
 
 
 class RecipeOptimizer(torch.optim.Optimizer):
@@ -77,16 +83,6 @@ class RecipeOptimizer(torch.optim.Optimizer):
         return f"RecipeOptimizer({self.optimizer!r})"
 
 
-class SkippedLayer(torch.nn.Module):
-    """An encoder layer removed by a recipe's LayerPruningModifier: passes the hidden states through.
-
-    sparseml swaps in its own Identity, which returns every positional argument as a tuple; transformers 5's
-    encoders pass the attention mask positionally too, so that Identity would hand a tuple to the next layer."""
-
-    def forward(self, hidden_states, *args, **kwargs):
-        return hidden_states
-
-
 class RecipeRun:
     """One training run of a recipe: sparseml's manager plus what it needs from the training loop.
 
@@ -109,15 +105,46 @@ class RecipeRun:
 
     def apply_structure(self, model, epoch: float = 0.0):
         """Structural modifiers (layer pruning) act now, before the optimizer is built over the parameters."""
+        layer_pruners = [m for m in self.manager.iter_modifiers() if type(m).__name__ == "LayerPruningModifier"]
+        for modifier in layer_pruners:
+            check_whole_layers(model, modifier.layers, self.recipe_path)
         self.manager.apply_structure(model, epoch=epoch)
-        skipped = replace_identity_layers(model)
-        if skipped:
-            kept = len(encoder_layer_list(model)) - len(skipped)
+        if layer_pruners:
+            skipped = replace_identity_layers(model)
+            kept = len(encoder_layers(model)) - len(skipped)
             logger.info(f"Recipe layer pruning: encoder layers {skipped} removed, {kept} kept")
+
+    @property
+    def gradient_samplers(self) -> list:
+        """The modifiers that prune with second-order information sampled from gradients (OBS)."""
+        return [m for m in self.manager.iter_modifiers() if type(m).__name__ in _GRADIENT_SAMPLING_MODIFIERS]
+
+    def check_fisher_memory(self, model, device):
+        """OBS keeps a block of the inverse Fisher per weight: prunable weights x fisher_block_size x 4 bytes.
+        Refuse before training what would not fit, rather than fail at the first pruning step."""
+        needed = 0
+        for modifier in self.gradient_samplers:
+            patterns = [modifier.params] if isinstance(modifier.params, str) else modifier.params
+            weights = sum(p.numel() for n, p in model.named_parameters()
+                          if any_str_or_regex_matches_param_name(n, patterns))
+            needed += weights * modifier.fisher_block_size * 4
+        if not needed:
+            return
+        device = torch.device(device)
+        if device.type == "cuda":
+            free, where = torch.cuda.mem_get_info(device)[0], f"free on {device}"
+        else:
+            free, where = psutil.virtual_memory().available, "available"
+        logger.info(f"OBS: the inverse Fisher blocks take {needed / 2**30:.2f} GiB ({free / 2**30:.1f} GiB {where})")
+        if needed > free:
+            raise UsageError(f"--nm_prune_config {self.recipe_path}: OBS needs {needed / 2**30:.2f} GiB for its inverse "
+                             f"Fisher blocks (prunable weights x fisher_block_size x 4 bytes) but only "
+                             f"{free / 2**30:.2f} GiB is {where}: "
+                             f"lower fisher_block_size or prune fewer parameters")
 
     def wrap_optimizer(self, optimizer, model, steps_per_epoch: int, start_epoch: float, grad_sampler=None):
         """Initialize the modifiers at start_epoch (0, or where a resumed checkpoint stopped) and wrap the
-        optimizer so each step runs them."""
+        optimizer so each step runs them. grad_sampler: what OBS samples gradients with (gradient_sampler())."""
         kwargs = {"loggers": quiet_sparseml_loggers()}
         if self.teacher is not None:
             kwargs["distillation_teacher"] = self.teacher
@@ -142,29 +169,38 @@ class RecipeRun:
                                         student_inputs=student_inputs, teacher_inputs=teacher_inputs)
 
     def finalize(self, model):
-        """Detach the modifiers' hooks from the model; pruned zeros stay in the weights."""
+        """Detach the modifiers' hooks from the model (pruned zeros stay in the weights) and take the layers the
+        recipe removed out of the model for good, so it saves as an ordinary shallower one."""
         if self.manager.initialized:
             self.manager.finalize(model)
+        remove_skipped_layers(model)
 
 
-def encoder_layer_list(model) -> torch.nn.ModuleList | None:
-    encoder = getattr(model.base_model, "encoder", None)
-    layers = getattr(encoder, "layer", None)
-    return layers if isinstance(layers, torch.nn.ModuleList) else None
+def gradient_sampler(model, dataset, collate_fn, num_grads: int):
+    """sparseml's grad_sampler for OBS: batches from a plain shuffled DataLoader over the training set, endlessly,
+    and the model's own loss. (sparseml's trainer cloned the Trainer's accelerate loader instead, which fails:
+    sparseml issue #2358.) The batch size comes from the recipe's grad_sampler_kwargs."""
+    accepted = _forward_arguments(model) | {"label", "labels", "label_ids"}
+    dataset = dataset.remove_columns([c for c in dataset.column_names if c not in accepted])
+    report_every = max(1, num_grads // 4)
 
+    def data_loader_builder(kwargs=None):
+        kwargs = dict(kwargs or {})
+        loader = DataLoader(dataset, batch_size=kwargs.pop("batch_size", 8), shuffle=True, collate_fn=collate_fn,
+                            **kwargs)
+        sampled = 0
+        while True:
+            for batch in loader:
+                sampled += 1
+                if sampled % report_every == 0:
+                    logger.info(f"OBS gradient sampling: {(sampled - 1) % num_grads + 1}/{num_grads} gradients")
+                device = next(model.parameters()).device
+                yield [], {k: v.to(device) for k, v in batch.items()}, None
 
-def replace_identity_layers(model) -> list[int]:
-    """Put a SkippedLayer wherever layer pruning left sparseml's Identity; returns those layer indices."""
-    layers = encoder_layer_list(model)
-    if layers is None:
-        return []
-    skipped = []
-    for index, layer in enumerate(layers):
-        if isinstance(layer, (SparsemlIdentity, SkippedLayer)):
-            if not isinstance(layer, SkippedLayer):
-                layers[index] = SkippedLayer()
-            skipped.append(index)
-    return skipped
+    def loss_function(outputs, target):
+        return outputs["loss"] if isinstance(outputs, dict) else outputs[0]
+
+    return {"data_loader_builder": data_loader_builder, "loss_function": loss_function}
 
 
 def quiet_sparseml_loggers():

@@ -13,7 +13,7 @@ from transformers import Trainer, TrainerCallback
 from sparsebert.cli import UsageError, write_json
 from sparsebert.distillation import combine_losses, distillation_loss, freeze_teacher
 from sparsebert.recipe import schedule_epochs, targeted_parameter_names
-from sparsebert.recipe_run import RecipeRun
+from sparsebert.recipe_run import RecipeRun, gradient_sampler
 from sparsebert.sparsity import zero_fraction
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ class SparseMLTrainer(Trainer):
         if recipe is not None:
             self.recipe_run = RecipeRun(recipe, recipe_path, teacher=teacher if recipe.distillation_modifiers else None)
             self.recipe_run.apply_structure(self.model)
+            self.recipe_run.check_fisher_memory(self.model, self.args.device)
             self.targeted_names = targeted_parameter_names(recipe, self.model, recipe_path)
         # our own distillation loss only when the recipe does not distill itself: never both
         self.teacher = None if self.recipe_run is not None and self.recipe_run.distills else teacher
@@ -90,8 +91,12 @@ class SparseMLTrainer(Trainer):
             return optimizer
         # on resume the Trainer has already restored global_step: the schedule starts from there
         resumed_steps = self.state.global_step if self.state is not None else 0
+        samplers = self.recipe_run.gradient_samplers
+        grad_sampler = (gradient_sampler(self.model, self.train_dataset, self.data_collator, samplers[0].num_grads)
+                        if samplers else None)
         self.optimizer = self.recipe_run.wrap_optimizer(optimizer, self.model, self.steps_per_epoch,
-                                                        start_epoch=resumed_steps / self.steps_per_epoch)
+                                                        start_epoch=resumed_steps / self.steps_per_epoch,
+                                                        grad_sampler=grad_sampler)
         return self.optimizer
 
     def create_scheduler(self, num_training_steps, optimizer=None):
@@ -110,9 +115,15 @@ class SparseMLTrainer(Trainer):
         return super().create_scheduler(num_training_steps, optimizer)
 
     def finalize_recipe(self):
-        """Detach the recipe's hooks from the model; the pruned zeros stay in the weights."""
-        if self.recipe_run is not None:
-            self.recipe_run.finalize(self.model)
+        """Detach the recipe's hooks from the model; the pruned zeros stay in the weights. Removed layers leave
+        the model, which renumbers those after them: the targeted names follow their parameters."""
+        if self.recipe_run is None:
+            return
+        params = dict(self.model.named_parameters())
+        targeted = [params[name] for name in self.targeted_names]
+        self.recipe_run.finalize(self.model)
+        names = {id(param): name for name, param in self.model.named_parameters()}
+        self.targeted_names = [names[id(param)] for param in targeted]
 
     # ---- files: whole or not at all -------------------------------------------------------------
 
