@@ -5,6 +5,7 @@ the recipe used next to the model."""
 import json
 import logging
 import os
+import re
 import shutil
 
 import yaml
@@ -44,6 +45,7 @@ def load_recipe(path: str, variables: dict | None = None) -> ScheduledModifierMa
     # sparseml takes a string that is not a file for raw YAML: a typo in the path must not become a recipe
     if not os.path.isfile(path):
         raise UsageError(f"{FLAG} {path}: no such file")
+    check_supported_modifiers(path)
     try:
         manager = ScheduledModifierManager.from_yaml(path, recipe_variables=variables or None)
     except yaml.constructor.ConstructorError as err:
@@ -63,19 +65,23 @@ def load_recipe(path: str, variables: dict | None = None) -> ScheduledModifierMa
         raise UsageError(f"{FLAG} {path}: invalid modifier settings ({err})") from None
     if not manager.modifiers:
         raise UsageError(f"{FLAG} {path}: holds no modifiers")
-    check_supported_modifiers(manager, path)
+    for modifier in _modifiers(manager):
+        if type(modifier).__name__ == "LayerPruningModifier" and modifier.end_epoch != -1:
+            raise UsageError(f"{FLAG} {path}: !LayerPruningModifier with end_epoch {modifier.end_epoch:g} would put "
+                             f"the layers back; only end_epoch -1 (removed for good) is supported")
     return manager
 
 
-def check_supported_modifiers(manager: ScheduledModifierManager, path: str):
-    for modifier in _modifiers(manager):
-        name = type(modifier).__name__
-        if name not in SUPPORTED_MODIFIERS:
-            raise UsageError(f"{FLAG} {path}: !{name} is not supported by these scripts (supported: "
-                             f"{', '.join(SUPPORTED_MODIFIERS)})")
-        if name == "LayerPruningModifier" and modifier.end_epoch != -1:
-            raise UsageError(f"{FLAG} {path}: !LayerPruningModifier with end_epoch {modifier.end_epoch:g} would put "
-                             f"the layers back; only end_epoch -1 (removed for good) is supported")
+def check_supported_modifiers(path: str):
+    """Refuse, by its tag, a modifier we do not drive, before sparseml builds it (its own checks would otherwise
+    speak first, about settings of a modifier that could not run anyway)."""
+    known = yaml.SafeLoader.yaml_constructors  # sparseml registers each of its modifiers as !pytorch.<Name>
+    with open(path) as handle:
+        for number, line in enumerate(handle, start=1):
+            for name in re.findall(r"!(?:pytorch\.)?(\w+)", line.split("#", 1)[0]):
+                if name not in SUPPORTED_MODIFIERS and f"!pytorch.{name}" in known:
+                    raise UsageError(f"{FLAG} {path}: !{name} (line {number}) is not supported by these scripts "
+                                     f"(supported: {', '.join(SUPPORTED_MODIFIERS)})")
 
 
 def _modifiers(manager):
@@ -85,25 +91,30 @@ def _modifiers(manager):
 def targeted_parameter_names(manager: ScheduledModifierManager, model, recipe_path: str = "") -> list[str]:
     """Names of the model's parameters that the recipe's modifiers act on; a pattern matching nothing is an
     error (a recipe for another architecture would otherwise train dense without a word)."""
-    names = [name for name, _ in model.named_parameters()]
     targeted = set()
     for modifier in _modifiers(manager):
-        patterns = getattr(modifier, "params", None)
-        if not patterns:
+        targeted.update(modifier_parameter_names(modifier, model, recipe_path))
+    return [name for name, _ in model.named_parameters() if name in targeted]
+
+
+def modifier_parameter_names(modifier, model, recipe_path: str = "") -> list[str]:
+    """The parameters one modifier's `params` select (none for modifiers without them)."""
+    patterns = getattr(modifier, "params", None)
+    if not patterns:
+        return []
+    names = [name for name, _ in model.named_parameters()]
+    selected = set()
+    for pattern in [patterns] if isinstance(patterns, str) else patterns:
+        if pattern in _PARAM_KEYWORDS:
+            selected.update(n for n, p in model.named_parameters() if p.dim() >= 2 and "embeddings" not in n)
             continue
-        if isinstance(patterns, str):
-            patterns = [patterns]
-        for pattern in patterns:
-            if pattern in _PARAM_KEYWORDS:
-                targeted.update(n for n, p in model.named_parameters() if p.dim() >= 2 and "embeddings" not in n)
-                continue
-            matched = [n for n in names if any_str_or_regex_matches_param_name(n, [pattern])]
-            if not matched:
-                example = next((n for n in names if ".weight" in n and "encoder" in n), names[0])
-                raise UsageError(f"{FLAG} {recipe_path}: params pattern '{pattern}' of {type(modifier).__name__} "
-                                 f"matches no parameter of this model (its names look like {example!r})")
-            targeted.update(matched)
-    return [n for n in names if n in targeted]
+        matched = [n for n in names if any_str_or_regex_matches_param_name(n, [pattern])]
+        if not matched:
+            example = next((n for n in names if ".weight" in n and "encoder" in n), names[0])
+            raise UsageError(f"{FLAG} {recipe_path}: params pattern '{pattern}' of {type(modifier).__name__} "
+                             f"matches no parameter of this model (its names look like {example!r})")
+        selected.update(matched)
+    return [n for n in names if n in selected]
 
 
 def schedule_epochs(manager: ScheduledModifierManager) -> float | None:

@@ -12,13 +12,13 @@ import logging
 
 import psutil
 import torch
-from sparseml.pytorch.utils.helpers import any_str_or_regex_matches_param_name
 from torch.utils.data import DataLoader
 from sparseml.pytorch.optim import ScheduledModifierManager
 from sparseml.pytorch.utils import LoggerManager, PythonLogger
 
 from sparsebert.cli import UsageError
 from sparsebert.layer_dropping import check_whole_layers, encoder_layers, remove_skipped_layers, replace_identity_layers
+from sparsebert.recipe import modifier_parameter_names
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,17 @@ class RecipeOptimizer(torch.optim.Optimizer):
         return f"RecipeOptimizer({self.optimizer!r})"
 
 
+class RecipeLearningRate(torch.optim.lr_scheduler.LRScheduler):
+    """The Trainer's scheduler when the recipe owns the learning rate: it changes nothing (as sparseml's trainer
+    did), and reports the rate the recipe set for the step just taken, which is what the Trainer logs."""
+
+    def get_lr(self):
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+    def get_last_lr(self):
+        return self.get_lr()
+
+
 class RecipeRun:
     """One training run of a recipe: sparseml's manager plus what it needs from the training loop.
 
@@ -124,9 +135,8 @@ class RecipeRun:
         Refuse before training what would not fit, rather than fail at the first pruning step."""
         needed = 0
         for modifier in self.gradient_samplers:
-            patterns = [modifier.params] if isinstance(modifier.params, str) else modifier.params
-            weights = sum(p.numel() for n, p in model.named_parameters()
-                          if any_str_or_regex_matches_param_name(n, patterns))
+            names = set(modifier_parameter_names(modifier, model, self.recipe_path))
+            weights = sum(p.numel() for n, p in model.named_parameters() if n in names)
             needed += weights * modifier.fisher_block_size * 4
         if not needed:
             return

@@ -13,7 +13,7 @@ from transformers import Trainer, TrainerCallback
 from sparsebert.cli import UsageError, write_json
 from sparsebert.distillation import combine_losses, distillation_loss, freeze_teacher
 from sparsebert.recipe import schedule_epochs, targeted_parameter_names
-from sparsebert.recipe_run import RecipeRun, gradient_sampler
+from sparsebert.recipe_run import RecipeLearningRate, RecipeRun, gradient_sampler
 from sparsebert.sparsity import zero_fraction
 
 logger = logging.getLogger(__name__)
@@ -101,13 +101,13 @@ class SparseMLTrainer(Trainer):
 
     def create_scheduler(self, num_training_steps, optimizer=None):
         """A recipe with learning-rate modifiers owns the learning rate: the Trainer's scheduler then keeps
-        whatever the recipe set (a constant multiplier of 1, as sparseml's own trainer did)."""
+        whatever the recipe set."""
         if self.lr_scheduler is None and self.recipe_run is not None and self.recipe_run.owns_learning_rate:
             names = ", ".join(sorted({type(m).__name__ for m in self.recipe.learning_rate_modifiers}))
             logger.info(f"Learning rate: set by the recipe's {names} (--learning_rate {self.args.learning_rate:g} is "
                         f"only the optimizer's value before the recipe's first step; --lr_scheduler_type and "
                         f"warmup flags are not used)")
-            self.lr_scheduler = torch.optim.lr_scheduler.MultiplicativeLR(optimizer or self.optimizer, lambda _: 1.0)
+            self.lr_scheduler = RecipeLearningRate(optimizer or self.optimizer)
             return self.lr_scheduler
         if self.lr_scheduler is None:
             logger.info(f"Learning rate: the Trainer's {self.args.lr_scheduler_type} schedule from --learning_rate "

@@ -2,6 +2,10 @@
 
 import os
 
+import torch
+from datasets import Dataset
+from transformers import TrainerCallback
+
 
 def qa_args(model_dir, squad_files, output_dir, *extra):
     """run_qa.py flags for a few-second run on the tiny model and data."""
@@ -20,3 +24,20 @@ def listing(path):
     return sorted((os.path.relpath(os.path.join(root, f), path), os.path.getsize(os.path.join(root, f)),
                    os.path.getmtime(os.path.join(root, f)))
                   for root, _, files in os.walk(path) for f in files)
+
+
+def random_qa_dataset(rows=48, seq_len=16, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 90, (rows, seq_len), generator=generator)
+    starts = torch.randint(1, seq_len // 2, (rows,), generator=generator)
+    return Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist(),
+                              "start_positions": starts.tolist(), "end_positions": (starts + 2).tolist()})
+
+
+class SparsityRecorder(TrainerCallback):
+    def __init__(self, model, names):
+        self.model, self.names, self.history = model, names, []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        params = dict(self.model.named_parameters())
+        self.history.append({n: float((params[n] == 0).float().mean()) for n in self.names})

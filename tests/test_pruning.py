@@ -3,34 +3,16 @@
 import os
 
 import pytest
-import torch
-from datasets import Dataset
-from transformers import TrainerCallback, TrainingArguments
+from transformers import TrainingArguments
 
 from conftest import RECIPES
+from helpers import SparsityRecorder, random_qa_dataset
 from sparsebert.demo import make_bert
 from sparsebert.recipe import load_recipe, targeted_parameter_names
 from sparsebert.trainer import SparseMLTrainer
 
 ENCODER_WEIGHTS = ("attention.self.query.weight", "attention.self.key.weight", "attention.self.value.weight",
                    "attention.output.dense.weight", "intermediate.dense.weight", "output.dense.weight")
-
-
-def _random_qa_dataset(rows=48, seq_len=16, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, 90, (rows, seq_len), generator=generator)
-    starts = torch.randint(1, seq_len // 2, (rows,), generator=generator)
-    return Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist(),
-                              "start_positions": starts.tolist(), "end_positions": (starts + 2).tolist()})
-
-
-class SparsityRecorder(TrainerCallback):
-    def __init__(self, model, names):
-        self.model, self.names, self.history = model, names, []
-
-    def on_step_end(self, args, state, control, **kwargs):
-        params = dict(self.model.named_parameters())
-        self.history.append({n: float((params[n] == 0).float().mean()) for n in self.names})
 
 
 def _train(tmp_path, recipe, recipe_variables=None, batch_size=8, accumulation=1, rows=48, num_layers=2):
@@ -40,7 +22,7 @@ def _train(tmp_path, recipe, recipe_variables=None, batch_size=8, accumulation=1
                              gradient_accumulation_steps=accumulation, num_train_epochs=manager.max_epochs,
                              learning_rate=1e-3, report_to="none", save_strategy="no", disable_tqdm=True,
                              use_cpu=True, seed=0)
-    trainer = SparseMLTrainer(model=model, args=args, train_dataset=_random_qa_dataset(rows), recipe=manager,
+    trainer = SparseMLTrainer(model=model, args=args, train_dataset=random_qa_dataset(rows), recipe=manager,
                               recipe_path=recipe)
     targeted = trainer.targeted_names
     recorder = SparsityRecorder(model, targeted)

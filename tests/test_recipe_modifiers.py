@@ -1,0 +1,292 @@
+"""sparseml's modifiers beyond pruning, as published BERT recipes use them: each one visibly acts (a test fails if
+it were ignored), driven by our Trainer."""
+
+import math
+import textwrap
+
+import pytest
+import torch
+from transformers import TrainerCallback, TrainingArguments
+
+from helpers import random_qa_dataset
+from sparsebert.cli import UsageError
+from sparsebert.demo import make_bert
+from sparsebert.recipe import load_recipe
+from sparsebert.recipe_run import RecipeRun
+from sparsebert.trainer import SparseMLTrainer
+
+ROWS, BATCH = 48, 8  # 6 optimizer steps per epoch
+
+
+def write_recipe(tmp_path, text, name="recipe.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+class OptimizerRecorder(TrainerCallback):
+    """The learning rate and weight decay each optimizer step used, read from the optimizer itself."""
+
+    def __init__(self):
+        self.lrs, self.weight_decays = [], []
+
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        groups = optimizer.param_groups
+        self.lrs.append(groups[0]["lr"])
+        self.weight_decays.append([g["weight_decay"] for g in groups])
+
+
+def train(tmp_path, recipe_path, teacher=None, learning_rate=1e-3, logging_steps=1, model=None, **model_kwargs):
+    model = model or make_bert(hidden_size=32, **model_kwargs)
+    manager = load_recipe(recipe_path)
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=BATCH,
+                             num_train_epochs=manager.max_epochs, learning_rate=learning_rate, report_to="none",
+                             save_strategy="no", disable_tqdm=True, use_cpu=True, seed=0, logging_steps=logging_steps)
+    trainer = SparseMLTrainer(model=model, args=args, train_dataset=random_qa_dataset(ROWS), recipe=manager,
+                              recipe_path=recipe_path, teacher=teacher, logit_keys=("start_logits", "end_logits"))
+    recorder = OptimizerRecorder()
+    trainer.add_callback(recorder)
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    return trainer, recorder, logged
+
+
+LR_RECIPE = """
+    modifiers:
+      - !EpochRangeModifier
+        start_epoch: 0
+        end_epoch: 3
+    training_modifiers:
+      - !LearningRateFunctionModifier
+        start_epoch: 0.0
+        end_epoch: 1.0
+        lr_func: linear
+        init_lr: 0.01
+        final_lr: 0.002
+      - !LearningRateFunctionModifier
+        start_epoch: 1.0
+        end_epoch: 3.0
+        lr_func: cyclic_linear
+        cycle_epochs: 1.0
+        init_lr: 0.004
+        final_lr: 0.0004
+"""
+
+
+def test_learning_rate_is_the_recipes_function_at_every_step(tmp_path):
+    trainer, recorder, logged = train(tmp_path, write_recipe(tmp_path, LR_RECIPE), learning_rate=0.5)
+    steps_per_epoch = trainer.steps_per_epoch
+    assert steps_per_epoch == 6 and len(recorder.lrs) == 18
+
+    def expected(step):  # step counts from 0; the recipe sees epoch = step / steps_per_epoch before the step
+        epoch = step / steps_per_epoch
+        if epoch < 1.0:  # linear from init_lr at epoch 0 towards final_lr at epoch 1
+            return 0.01 + epoch * (0.002 - 0.01)
+        # restarts: each 1-epoch cycle runs linearly from init_lr at its first step to final_lr at its last
+        position = (step - steps_per_epoch) % steps_per_epoch
+        return 0.004 - position / (steps_per_epoch - 1) * (0.004 - 0.0004)
+
+    for step, lr in enumerate(recorder.lrs):
+        assert lr == pytest.approx(expected(step), rel=1e-9), step
+    # what the Trainer logs is the same learning rate, not its own scheduler's
+    assert [h["learning_rate"] for h in logged] == pytest.approx(recorder.lrs, rel=1e-9)
+    assert recorder.lrs[6] > recorder.lrs[5] and recorder.lrs[12] > recorder.lrs[11]  # the restarts
+
+
+def test_set_learning_rate_and_weight_decay_take_effect_at_their_epoch(tmp_path):
+    recipe = write_recipe(tmp_path, """
+        modifiers:
+          - !EpochRangeModifier
+            start_epoch: 0
+            end_epoch: 2
+          - !SetLearningRateModifier
+            start_epoch: 1.0
+            learning_rate: 0.003
+          - !SetWeightDecayModifier
+            start_epoch: 1.0
+            weight_decay: 0.25
+    """)
+    _, recorder, _ = train(tmp_path, recipe, learning_rate=0.001)
+    # before epoch 1 the optimizer's own value, unscheduled (the Trainer's linear decay steps aside)
+    assert recorder.lrs[:6] == pytest.approx([0.001] * 6)
+    assert recorder.lrs[6:] == pytest.approx([0.003] * 6)
+    assert all(wd == [0.0, 0.0] for wd in recorder.weight_decays[:6])
+    assert all(wd == [0.25, 0.25] for wd in recorder.weight_decays[6:])
+
+
+def test_without_lr_modifiers_the_trainer_schedule_stays(tmp_path):
+    recipe = write_recipe(tmp_path, """
+        modifiers:
+          - !EpochRangeModifier
+            start_epoch: 0
+            end_epoch: 1
+    """)
+    _, recorder, _ = train(tmp_path, recipe, learning_rate=0.006)
+    assert recorder.lrs == pytest.approx([0.006 * (1 - step / 6) for step in range(6)])  # HF's linear decay
+
+
+DISTILL_RECIPE = """
+    modifiers:
+      - !EpochRangeModifier
+        start_epoch: 0
+        end_epoch: 1
+      - !DistillationModifier
+        hardness: {hardness}
+        temperature: 2.0
+        distill_output_keys: [start_logits, end_logits]
+"""
+
+
+class FixedLogits(torch.nn.Module):
+    def __init__(self, logits):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # sparseml reads the teacher's device from a parameter
+        self.logits = logits
+
+    def forward(self, **inputs):
+        return {key: value.clone() for key, value in self.logits.items()}
+
+
+def test_distillation_modifier_loss_on_hand_made_logits(tmp_path):
+    # teacher softmax at T=2 is (0.75, 0.25), the student's (0.5, 0.5):
+    # KL = 0.75 ln 1.5 + 0.25 ln 0.5, times T^2 = 4; the same for both heads
+    kl = 4 * (0.75 * math.log(1.5) + 0.25 * math.log(0.5))
+    teacher_logits = torch.tensor([[2 * math.log(3.0), 0.0]])
+    student_logits = torch.zeros(1, 2)
+    teacher = FixedLogits({"start_logits": teacher_logits, "end_logits": teacher_logits})
+    model = make_bert(hidden_size=32)
+    run = RecipeRun(load_recipe(write_recipe(tmp_path, DISTILL_RECIPE.format(hardness=0.25))), "r", teacher=teacher)
+    run.wrap_optimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, steps_per_epoch=6, start_epoch=0.0)
+    student_loss = torch.tensor(1.5)
+    outputs = {"start_logits": student_logits, "end_logits": student_logits}
+    total = run.loss_update(student_loss, model, outputs, {"input_ids": torch.ones(1, 2, dtype=torch.long)})
+    assert float(total) == pytest.approx(0.75 * 1.5 + 0.25 * kl, rel=1e-6)
+
+
+def test_recipe_distillation_and_cli_distillation_are_never_both_applied(tmp_path):
+    # The teacher is the student itself (no dropout): at the first step the teacher's part is 0, so the loss is
+    # exactly (1 - the recipe's hardness 0.25) x the student's loss. Our own distillation (hardness 1.0 by default)
+    # would give 0; both together something else again.
+    student = make_bert(hidden_size=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    teacher = make_bert(hidden_size=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    recipe = write_recipe(tmp_path, DISTILL_RECIPE.format(hardness=0.25))
+    trainer, _, logged = train(tmp_path, recipe, teacher=teacher, model=student)
+    assert trainer.teacher is None and trainer.recipe_run.teacher is teacher
+    first = logged[0]
+    assert first["loss"] == pytest.approx(0.75 * first["student_loss"], rel=1e-3)
+    assert all(h["loss"] != pytest.approx(h["student_loss"], rel=1e-3) for h in logged[1:])  # the teacher counts
+
+
+def test_unsupported_modifier_is_refused_by_name(tmp_path):
+    recipe = write_recipe(tmp_path, """
+        modifiers:
+          - !EpochRangeModifier
+            start_epoch: 0
+            end_epoch: 1
+          - !ACDCPruningModifier
+            params: __ALL_PRUNABLE__
+            compression_sparsity: 0.9
+            start_epoch: 0
+            end_epoch: 1
+            update_frequency: 0.5
+    """)
+    with pytest.raises(UsageError, match=r"!ACDCPruningModifier \(line 6\) is not supported .*supported: EpochRangeModifier, "
+                                         r"GMPruningModifier, .*OBSPruningModifier"):
+        load_recipe(recipe)
+
+
+def test_obs_reaches_the_global_target_and_prunes_unlike_magnitude(tmp_path):
+    # learning rate 0: only OBS changes the weights. At the first step it prunes to 50% over all matrices together,
+    # ranking weights by w^2 / [F^-1]_ii from sampled gradients, not by |w|.
+    recipe = write_recipe(tmp_path, """
+        modifiers:
+          - !EpochRangeModifier
+            start_epoch: 0
+            end_epoch: 1
+          - !OBSPruningModifier
+            params: ["re:bert.encoder.layer.*.attention.self.query.weight",
+                     "re:bert.encoder.layer.*.intermediate.dense.weight",
+                     're:bert.encoder.layer.\\d+.output.dense.weight']
+            init_sparsity: 0.5
+            final_sparsity: 0.5
+            start_epoch: 0
+            end_epoch: 1
+            update_frequency: 1.0
+            global_sparsity: True
+            num_grads: 8
+            damp: 1e-7
+            fisher_block_size: 16
+            grad_sampler_kwargs:
+              batch_size: 4
+    """)
+    model = make_bert(hidden_size=32)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer, _, _ = train(tmp_path, recipe, learning_rate=0.0, model=model)
+    targeted = trainer.targeted_names
+    assert len(targeted) == 6
+    params = dict(trainer.model.named_parameters())
+    zeros = torch.cat([(params[n] == 0).flatten() for n in targeted])
+    assert float(zeros.float().mean()) == pytest.approx(0.5, abs=1e-3)  # the global target
+    per_matrix = [float((params[n] == 0).float().mean()) for n in targeted]
+    assert max(per_matrix) - min(per_matrix) > 0.05  # matrices end at different sparsities
+    # global magnitude pruning of the same weights would have removed the smallest |w|
+    magnitudes = torch.cat([before[n].abs().flatten() for n in targeted])
+    by_magnitude = magnitudes <= magnitudes.kthvalue(zeros.sum().item()).values
+    disagree = float((by_magnitude != zeros).float().mean())
+    assert disagree > 0.01, disagree  # measured 3.5% (about 360 of 10,240 weights); magnitude itself would give 0
+    # and OBS updated the weights it kept to make up for the removed ones (its weight correction)
+    kept = ~zeros
+    old = torch.cat([before[n].flatten() for n in targeted])
+    new = torch.cat([params[n].detach().flatten() for n in targeted])
+    assert not torch.allclose(old[kept], new[kept])
+
+
+def test_obs_refuses_a_fisher_that_cannot_fit(tmp_path, monkeypatch):
+    import psutil
+
+    recipe = write_recipe(tmp_path, """
+        modifiers:
+          - !EpochRangeModifier
+            start_epoch: 0
+            end_epoch: 1
+          - !OBSPruningModifier
+            params: __ALL_PRUNABLE__
+            init_sparsity: 0.5
+            final_sparsity: 0.5
+            start_epoch: 0
+            end_epoch: 1
+            update_frequency: 1.0
+            num_grads: 8
+            fisher_block_size: 64
+    """)
+
+    class Tiny:
+        available = 1000
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Tiny)
+    with pytest.raises(UsageError, match=r"OBS needs 0\.\d+ GiB for its inverse Fisher blocks .* only 0\.00 GiB"):
+        train(tmp_path, recipe)
+
+
+def test_block_masks_zero_aligned_groups_of_four(tmp_path):
+    recipe = write_recipe(tmp_path, """
+        modifiers:
+          - !EpochRangeModifier
+            start_epoch: 0
+            end_epoch: 2
+          - !GMPruningModifier
+            params: ["re:bert.encoder.layer.*.intermediate.dense.weight", "re:bert.encoder.layer.*.output.dense.weight"]
+            init_sparsity: 0.0
+            final_sparsity: 0.75
+            start_epoch: 0
+            end_epoch: 1
+            update_frequency: 0.2
+            mask_type: [1, 4]
+    """)
+    trainer, _, _ = train(tmp_path, recipe)
+    params = dict(trainer.model.named_parameters())
+    for name in trainer.targeted_names:
+        weight = params[name].detach()
+        groups = (weight == 0).reshape(weight.shape[0], -1, 4)  # 4 neighbours along the input dimension
+        assert float((weight == 0).float().mean()) == pytest.approx(0.75, abs=0.02)
+        assert bool((groups.all(-1) | ~groups.any(-1)).all()), name  # each group all zero or all kept
