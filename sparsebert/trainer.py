@@ -37,16 +37,17 @@ class SparseMLTrainer(Trainer):
                  hardness=1.0, regression=False, **kwargs):
         # the Trainer creates output_dir right away; remember whether it was there before
         self._made_output_dir = args is None or not os.path.exists(args.output_dir)
-        super().__init__(model=model, args=args, **kwargs)
+        device = args.device if args is not None else None
+        teacher = freeze_teacher(teacher, device) if teacher is not None else None
         self.recipe_path = recipe_path
-        teacher = freeze_teacher(teacher, self.args.device) if teacher is not None else None
         self.recipe_run = None
         self.targeted_names = []
-        if recipe is not None:
+        if recipe is not None:  # what the recipe does to the model's structure, and checks, before anything is written
             self.recipe_run = RecipeRun(recipe, recipe_path, teacher=teacher if recipe.distillation_modifiers else None)
-            self.recipe_run.apply_structure(self.model)
-            self.recipe_run.check_fisher_memory(self.model, self.args.device)
-            self.targeted_names = targeted_parameter_names(recipe, self.model, recipe_path)
+            self.recipe_run.apply_structure(model)
+            self.recipe_run.check_fisher_memory(model, device)
+            self.targeted_names = targeted_parameter_names(recipe, model, recipe_path)
+        super().__init__(model=model, args=args, **kwargs)
         # our own distillation loss only when the recipe does not distill itself: never both
         self.teacher = None if self.recipe_run is not None and self.recipe_run.distills else teacher
         self.steps_per_epoch = None

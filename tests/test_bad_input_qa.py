@@ -12,6 +12,8 @@ from helpers import listing, qa_args
 from sparsebert.cli import UsageError
 
 GMP = os.path.join(RECIPES, "80sparsity2epoch.yaml")
+OBERT_QA, OBERT_GLUE = os.path.join(RECIPES, "obert80_squad.yaml"), os.path.join(RECIPES, "obert80_glue.yaml")
+LAYER_PRUNING = "modifiers:\n  - !LayerPruningModifier\n    layers: [{layer}]\n    end_epoch: {end}\n"
 
 
 def _write(tmp_path, name, text):
@@ -52,6 +54,24 @@ CASES = {
     "resume without checkpoint": (["--resume_from_checkpoint", "last"], r"--resume_from_checkpoint last: no complete "
                                                                         r"checkpoint-N folder in .*out"),
     "resume from a non-checkpoint": (["--resume_from_checkpoint", "@bad_yaml"], r"not a complete checkpoint folder"),
+    "distillation modifier, no teacher": (["--recipe", OBERT_QA], r"obert80_squad.yaml: its !DistillationModifier "
+                                                                  r"needs a teacher: pass --teacher_model_name_or_path"),
+    "distillation keys of another head": (["--recipe", OBERT_GLUE, "--distill_teacher", "@model"],
+                                          r"distill_output_keys \['logits'\] are not outputs of this model "
+                                          r"\(it has start_logits, end_logits\)"),
+    "unsupported modifier": (["--recipe", "@acdc"], r"!ACDCPruningModifier \(line 2\) is not supported by these "
+                                                    r"scripts \(supported: EpochRangeModifier, "),
+    "layer pruning of a part of a layer": (["--recipe", "@half_layer"], r"!LayerPruningModifier layer "
+                                                                        r"'bert.encoder.layer.1.attention' is not an "
+                                                                        r"encoder layer of this model"),
+    "layer pruning that restores layers": (["--recipe", "@restored_layer"], r"end_epoch 1 would put the layers back"),
+    "two ways to drop layers": (["--recipe", "@half_layer", "--layers_to_keep", "1"],
+                                r"--layers_to_keep and the !LayerPruningModifier of .* both drop layers"),
+    "two different recipes": (["--recipe", GMP, "--nm_prune_config", OBERT_QA],
+                              r"--nm_prune_config .*obert80_squad.yaml and --recipe .*80sparsity2epoch.yaml name "
+                              r"different things"),
+    "two different teachers": (["--distill_teacher", "a", "--teacher_model_name_or_path", "b"],
+                               r"--teacher_model_name_or_path b and --distill_teacher a name different things"),
 }
 
 
@@ -62,6 +82,11 @@ def bad_files(tmp_path):
         "unknown_modifier": _write(tmp_path, "unknown.yaml", "modifiers:\n  - !MagicPruningModifier\n    x: 1\n"),
         "roberta_params": _write(tmp_path, "roberta.yaml", open(GMP).read().replace("re:bert.", "re:roberta.")),
         "broken_json": _write(tmp_path, "broken.json", '{"data": [{"title": '),
+        "acdc": _write(tmp_path, "acdc.yaml", "modifiers:\n  - !ACDCPruningModifier\n    params: __ALL_PRUNABLE__\n"),
+        "half_layer": _write(tmp_path, "half.yaml", LAYER_PRUNING.format(layer="bert.encoder.layer.1.attention",
+                                                                          end=-1)),
+        "restored_layer": _write(tmp_path, "restored.yaml", LAYER_PRUNING.format(layer="bert.encoder.layer.1",
+                                                                                  end=1)),
         "misaligned": _write(tmp_path, "misaligned.jsonl", '{"id": "1", "context": "the cup is red .", "question": '
                              '"what color is the cup ?", "answers": {"text": ["red"], "answer_start": [3]}}\n'),
     }
@@ -70,7 +95,8 @@ def bad_files(tmp_path):
 @pytest.mark.parametrize("case", CASES)
 def test_bad_input_is_refused_before_training(case, qa_model_dir, squad_files, bad_files, tmp_path):
     extra, pattern = CASES[case]
-    extra = [bad_files[a[1:]] if a.startswith("@") else a for a in extra]
+    files = {**bad_files, "model": qa_model_dir}
+    extra = [files[a[1:]] if a.startswith("@") else a for a in extra]
     output_dir = tmp_path / "out"
     _expect_refusal(qa_args(qa_model_dir, squad_files, output_dir, "--do_train", "--do_eval", *extra), pattern,
                     output_dir)
