@@ -62,8 +62,7 @@ def main(argv=None):
         config_kwargs["problem_type"] = "regression"
     tokenizer, config = pipeline.load_tokenizer_and_config(model_args, **config_kwargs)
     pipeline.check_max_seq_length(data_args.max_seq_length, config)
-    model = AutoModelForSequenceClassification.from_pretrained(model_args.model_name_or_path, config=config,
-                                                               cache_dir=model_args.cache_dir)
+    model = pipeline.load_model(model_args, AutoModelForSequenceClassification, config)
     drop_layers_if_asked(model, model_args)
     teacher = (pipeline.load_teacher(model_args, AutoModelForSequenceClassification, tokenizer, manager,
                                      num_labels=task.num_labels) if training_args.do_train else None)

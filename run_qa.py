@@ -72,8 +72,7 @@ def main(argv=None):
     raw = load_squad_datasets(data_args, model_args.cache_dir, need_train=training_args.do_train, need_eval=need_eval)
     tokenizer, config = pipeline.load_tokenizer_and_config(model_args)
     pipeline.check_max_seq_length(data_args.max_seq_length, config)
-    model = AutoModelForQuestionAnswering.from_pretrained(model_args.model_name_or_path, config=config,
-                                                          cache_dir=model_args.cache_dir)
+    model = pipeline.load_model(model_args, AutoModelForQuestionAnswering, config)
     drop_layers_if_asked(model, model_args)
     teacher = (pipeline.load_teacher(model_args, AutoModelForQuestionAnswering, tokenizer, manager)
                if training_args.do_train else None)

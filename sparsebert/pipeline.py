@@ -12,6 +12,7 @@ from transformers import AutoConfig, AutoTokenizer
 from sparsebert.cli import UsageError, check_output_dir, write_json
 from sparsebert.distillation import check_distillation_args, check_same_vocabulary
 from sparsebert.onnx_export import export_onnx
+from sparsebert.quantization import load_quantized_model, saved_quantization_recipe
 from sparsebert.recipe import apply_recipe_epochs, load_recipe, save_recipe
 from sparsebert.sparsity import format_sparsity_table, sparsity_report
 
@@ -139,6 +140,17 @@ def load_teacher(model_args, auto_model_class, student_tokenizer, manager=None, 
         logger.info(f"Distilling from teacher {name} (hardness {model_args.distill_hardness}, "
                     f"temperature {model_args.temperature})")
     return teacher
+
+
+def load_model(model_args, auto_model_class, config):
+    """The model to train or evaluate: from_pretrained, or for a folder saved after quantization-aware training,
+    its quantized structure (from the recipe.yaml beside it) before its weights."""
+    path = model_args.model_name_or_path
+    manager = saved_quantization_recipe(path) if os.path.isdir(path) else None
+    if manager is not None:
+        return load_quantized_model(auto_model_class, path, config, manager)
+    return _loading("--model_name_or_path", path, lambda: auto_model_class.from_pretrained(
+        path, config=config, cache_dir=model_args.cache_dir))
 
 
 def check_max_seq_length(max_seq_length: int, config, flag: str = "--max_seq_length"):

@@ -37,6 +37,8 @@ SUPPORTED_MODIFIERS = {
     "SetLearningRateModifier": "owns the learning rate",
     "SetWeightDecayModifier": "",
     "DistillationModifier": "a teacher: --teacher_model_name_or_path (or --distill_teacher)",
+    "QuantizationModifier": "INT8 quantization-aware training; the saved model reloads with its recipe.yaml, "
+                            "--do_onnx_export writes integer ops",
 }
 
 
@@ -141,12 +143,14 @@ def apply_recipe_epochs(manager: ScheduledModifierManager, training_args, recipe
 
 
 def save_recipe(manager: ScheduledModifierManager, recipe_path: str, variables: dict, output_dir: str):
-    """output_dir/recipe.yaml: the file as given, or the resolved recipe when --recipe_args changed it."""
+    """output_dir/recipe.yaml: the file as given, or the recipe as sparseml resolved it when --recipe_args changed
+    it or it came as Markdown (recipe.yaml must be YAML: a quantized model is rebuilt from it on reload)."""
     target = os.path.join(output_dir, "recipe.yaml")
     tmp = f"{target}.tmp"
-    if variables:
+    if variables or not recipe_path.endswith((".yaml", ".yml")):
         with open(tmp, "w") as handle:
-            handle.write(f"# {recipe_path} with --recipe_args '{json.dumps(variables)}', as resolved by sparseml\n")
+            given = f" with --recipe_args '{json.dumps(variables)}'" if variables else ""
+            handle.write(f"# {recipe_path}{given}, as resolved by sparseml\n")
             handle.write(str(manager))
     else:
         shutil.copyfile(recipe_path, tmp)

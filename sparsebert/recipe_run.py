@@ -119,7 +119,7 @@ class RecipeRun:
         layer_pruners = [m for m in self.manager.iter_modifiers() if type(m).__name__ == "LayerPruningModifier"]
         for modifier in layer_pruners:
             check_whole_layers(model, modifier.layers, self.recipe_path)
-        self.manager.apply_structure(model, epoch=epoch)
+        self.manager.apply_structure(model, epoch=epoch, loggers=quiet_sparseml_loggers())
         if layer_pruners:
             skipped = replace_identity_layers(model)
             kept = len(encoder_layers(model)) - len(skipped)

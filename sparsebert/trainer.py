@@ -7,12 +7,14 @@ import os
 import signal
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from sparseml.pytorch.optim import ScheduledModifierManager
 from transformers import Trainer, TrainerCallback
 
 from sparsebert.cli import UsageError, write_json
 from sparsebert.distillation import combine_losses, distillation_loss, freeze_teacher
 from sparsebert.recipe import schedule_epochs, targeted_parameter_names
+from sparsebert.quantization import freeze_observers, is_quantized, quantization_modifiers
 from sparsebert.recipe_run import RecipeLearningRate, RecipeRun, gradient_sampler
 from sparsebert.sparsity import zero_fraction
 
@@ -41,13 +43,16 @@ class SparseMLTrainer(Trainer):
         teacher = freeze_teacher(teacher, device) if teacher is not None else None
         self.recipe_path = recipe_path
         self.recipe_run = None
-        self.targeted_names = []
+        self._targeted = []  # the parameters themselves: quantization and layer removal rename them
         if recipe is not None:  # what the recipe does to the model's structure, and checks, before anything is written
             self.recipe_run = RecipeRun(recipe, recipe_path, teacher=teacher if recipe.distillation_modifiers else None)
-            self.recipe_run.apply_structure(model)
+            self.recipe_run.apply_structure(model, epoch=_resumed_epoch(args))
             self.recipe_run.check_fisher_memory(model, device)
-            self.targeted_names = targeted_parameter_names(recipe, model, recipe_path)
+            params = dict(model.named_parameters())
+            self._targeted = [params[name] for name in targeted_parameter_names(recipe, model, recipe_path)]
         super().__init__(model=model, args=args, **kwargs)
+        if self.recipe_run is not None and quantization_modifiers(recipe):
+            self.add_callback(FullPrecisionForQuantization(self))
         # our own distillation loss only when the recipe does not distill itself: never both
         self.teacher = None if self.recipe_run is not None and self.recipe_run.distills else teacher
         self.steps_per_epoch = None
@@ -58,6 +63,12 @@ class SparseMLTrainer(Trainer):
         self._loss_parts = {}  # sums of the loss's parts since the last log, and the batch count
         self.graceful_stop = GracefulStop()
         self.add_callback(self.graceful_stop)
+
+    @property
+    def targeted_names(self) -> list[str]:
+        """The current names of the parameters the recipe prunes."""
+        names = {id(param): name for name, param in self.model.named_parameters()}
+        return [names[id(param)] for param in self._targeted if id(param) in names]
 
     @property
     def recipe(self) -> ScheduledModifierManager | None:
@@ -116,15 +127,13 @@ class SparseMLTrainer(Trainer):
         return super().create_scheduler(num_training_steps, optimizer)
 
     def finalize_recipe(self):
-        """Detach the recipe's hooks from the model; the pruned zeros stay in the weights. Removed layers leave
-        the model, which renumbers those after them: the targeted names follow their parameters."""
+        """Detach the recipe's hooks from the model; the pruned zeros stay in the weights, a quantized model
+        keeps the ranges it learned."""
         if self.recipe_run is None:
             return
-        params = dict(self.model.named_parameters())
-        targeted = [params[name] for name in self.targeted_names]
         self.recipe_run.finalize(self.model)
-        names = {id(param): name for name, param in self.model.named_parameters()}
-        self.targeted_names = [names[id(param)] for param in targeted]
+        if is_quantized(self.model):
+            freeze_observers(self.model)
 
     # ---- files: whole or not at all -------------------------------------------------------------
 
@@ -170,14 +179,34 @@ class SparseMLTrainer(Trainer):
 
     def log(self, logs, start_time=None):
         if "loss" in logs:  # a training log: add what the recipe and the teacher are doing
-            if self.targeted_names:
-                params = dict(self.model.named_parameters())
-                logs["sparsity"] = round(zero_fraction(params[n] for n in self.targeted_names), 4)
+            if self._targeted:
+                logs["sparsity"] = round(zero_fraction(self._targeted), 4)
             batches = self._loss_parts.pop("batches", 0)
             for key, total in self._loss_parts.items():
                 logs[key] = round(total / batches, 4)
             self._loss_parts = {}
         super().log(logs, start_time)
+
+
+class FullPrecisionForQuantization(TrainerCallback):
+    """Quantization-aware training runs in full precision: when the recipe's QuantizationModifier starts, mixed
+    precision (--fp16 / --bf16 on a GPU) stops: autocast comes off the model's forward and the loss scaler goes."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        accelerator = self.trainer.accelerator
+        epoch = state.global_step / self.trainer.steps_per_epoch
+        if not accelerator.native_amp or not self.trainer.recipe.qat_active(epoch):
+            return
+        extract_model_from_parallel(self.trainer.model, keep_fp32_wrapper=False)
+        accelerator.native_amp = False
+        accelerator.scaler = None
+        if hasattr(self.trainer.optimizer, "scaler"):  # accelerate's optimizer wrapper keeps its own reference
+            self.trainer.optimizer.scaler = None
+        logger.info(f"Mixed precision off from step {state.global_step}: quantization-aware training starts "
+                    f"(epoch {epoch:.2f})")
 
 
 class GracefulStop(TrainerCallback):
@@ -211,6 +240,17 @@ class GracefulStop(TrainerCallback):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
+
+
+def _resumed_epoch(args) -> float:
+    """The epoch a resumed run starts at, read from its checkpoint (0 for a fresh run): structural modifiers
+    (quantization) must be in place before the checkpoint's weights load."""
+    checkpoint = getattr(args, "resume_from_checkpoint", None)
+    state = os.path.join(checkpoint, "trainer_state.json") if checkpoint else None
+    if not state or not os.path.isfile(state):
+        return 0.0
+    with open(state) as handle:
+        return float(json.load(handle).get("epoch") or 0.0)
 
 
 # what a teacher is fed: the model inputs without the labels

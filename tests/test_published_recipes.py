@@ -199,3 +199,28 @@ def test_resume_with_lr_and_distillation_modifiers_matches_the_uninterrupted_run
         for step in expected:
             assert got[step] == pytest.approx(expected[step], rel=1e-4, abs=1e-6), (key, step)
     assert _json(resumed / "eval_results.json")["eval_f1"] == pytest.approx(_json(whole / "eval_results.json")["eval_f1"])
+
+
+def test_prune_quant_recipe_trains_int8_and_reloads_for_evaluation_and_export(qa_model_dir, squad_files, tmp_path):
+    model_dir = tmp_path / "twelve-layers"
+    make_bert(hidden_size=32, num_layers=12, seed=6).save_pretrained(model_dir)
+    make_tokenizer().save_pretrained(model_dir)
+    output_dir = tmp_path / "out"
+    run_qa.main(qa_args(str(model_dir), squad_files, output_dir, "--do_train", "--do_eval", "--do_onnx_export",
+                        "--recipe", os.path.join(RECIPES, "bert_6layers_prune_quant90.md"),
+                        "--distill_teacher", qa_model_dir, "--logging_steps", "5"))
+    assert _json(output_dir / "config.json")["num_hidden_layers"] == 6
+    report = _json(output_dir / "sparsity_report.json")
+    assert report["targeted_sparsity"] == pytest.approx(0.9, abs=0.01)
+    assert sum(r["targeted"] for r in report["parameters"]) == 36  # 6 matrices x 6 kept layers, through QAT
+    parity = _json(output_dir / "onnx_parity.json")
+    assert parity["precision"] == "int8" and parity["parity_ok"], parity
+    assert parity["integer_ops"].get("MatMulInteger", 0) >= 37  # every pruned matrix and the QA head
+
+    # the saved folder reloads as the same fake-quantized model: evaluation reproduces, export gives integer ops
+    again = tmp_path / "again"
+    run_qa.main(qa_args(str(output_dir), squad_files, again, "--do_eval", "--do_onnx_export"))
+    assert _json(again / "eval_results.json")["eval_f1"] == pytest.approx(_json(output_dir / "eval_results.json")["eval_f1"])
+    reexported = _json(again / "onnx_parity.json")
+    assert reexported["parity_ok"] and reexported["integer_ops"] == parity["integer_ops"]
+    assert not os.path.exists("sparse_logs")
