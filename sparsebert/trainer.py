@@ -198,7 +198,8 @@ class FullPrecisionForQuantization(TrainerCallback):
     def on_step_begin(self, args, state, control, **kwargs):
         accelerator = self.trainer.accelerator
         epoch = state.global_step / self.trainer.steps_per_epoch
-        if not accelerator.native_amp or not self.trainer.recipe.qat_active(epoch):
+        starts = min(m.start_epoch for m in quantization_modifiers(self.trainer.recipe))
+        if not accelerator.native_amp or epoch < starts:  # (sparseml's qat_active answers per whole epoch)
             return
         extract_model_from_parallel(self.trainer.model, keep_fp32_wrapper=False)
         accelerator.native_amp = False

@@ -290,3 +290,37 @@ def test_block_masks_zero_aligned_groups_of_four(tmp_path):
         groups = (weight == 0).reshape(weight.shape[0], -1, 4)  # 4 neighbours along the input dimension
         assert float((weight == 0).float().mean()) == pytest.approx(0.75, abs=0.02)
         assert bool((groups.all(-1) | ~groups.any(-1)).all()), name  # each group all zero or all kept
+
+
+def test_mixed_precision_stops_when_quantization_aware_training_starts(tmp_path):
+    from types import MethodType, SimpleNamespace
+
+    from sparsebert.trainer import FullPrecisionForQuantization
+
+    manager = load_recipe(write_recipe(tmp_path, """
+        modifiers:
+          - !EpochRangeModifier
+            start_epoch: 0
+            end_epoch: 2
+          - !QuantizationModifier
+            start_epoch: 1.0
+    """))
+    model = make_bert(hidden_size=32)
+    original = model.forward
+
+    def autocast_forward(self, *args, **kwargs):  # what accelerate wraps a model's forward in for --fp16
+        return original(*args, **kwargs)
+
+    autocast_forward.__wrapped__ = original.__func__
+    model._original_forward = original.__func__
+    model.forward = MethodType(autocast_forward, model)
+    accelerator = SimpleNamespace(native_amp=True, scaler=object())
+    optimizer = SimpleNamespace(scaler=accelerator.scaler)
+    trainer = SimpleNamespace(accelerator=accelerator, model=model, recipe=manager, steps_per_epoch=6,
+                              optimizer=optimizer)
+    callback = FullPrecisionForQuantization(trainer)
+    callback.on_step_begin(None, SimpleNamespace(global_step=5), None)  # epoch 0.83: still mixed precision
+    assert accelerator.native_amp and accelerator.scaler is not None and model.forward.__func__ is autocast_forward
+    callback.on_step_begin(None, SimpleNamespace(global_step=6), None)  # epoch 1.0: QAT starts
+    assert not accelerator.native_amp and accelerator.scaler is None and optimizer.scaler is None
+    assert model.forward.__func__ is original.__func__
