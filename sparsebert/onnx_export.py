@@ -163,14 +163,19 @@ def onnx_integer_ops(path: str) -> dict:
 
 
 def onnx_initializer_sparsity(path: str, min_size: int = 1024) -> float:
-    """Share of zeros over the file's weight matrices (initializers of at least min_size values)."""
+    """Share of zeros over the file's weight matrices (initializers of at least min_size values). An integer
+    weight of MatMulInteger counts its zero point as zero (sparseml stores INT8 weights as uint8 around 128)."""
     import onnx
     from onnx import numpy_helper
 
+    graph = onnx.load(path).graph
+    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    zero_points = {node.input[1]: values.get(node.input[3]) for node in graph.node
+                   if node.op_type == "MatMulInteger" and len(node.input) > 3}
     zeros = total = 0
-    for initializer in onnx.load(path).graph.initializer:
-        values = numpy_helper.to_array(initializer)
-        if values.ndim >= 2 and values.size >= min_size:
-            zeros += int((values == 0).sum())
-            total += values.size
+    for name, array in values.items():
+        if array.ndim >= 2 and array.size >= min_size:
+            zero = zero_points.get(name)
+            zeros += int((array == (zero if zero is not None else 0)).sum())
+            total += array.size
     return zeros / total if total else 0.0

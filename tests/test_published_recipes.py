@@ -6,8 +6,10 @@ import os
 import shutil
 import textwrap
 
+import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 from transformers import AutoModelForQuestionAnswering
 
 import run_glue
@@ -143,6 +145,14 @@ def test_layer_pruning_recipe_saves_a_shallower_model_that_reloads(squad_files, 
         zeros = (dict(reloaded.named_parameters())[name] == 0).reshape(-1, 4)
         assert bool((zeros.all(-1) | ~zeros.any(-1)).all()) and bool(zeros.any())
     assert _json(output_dir / "onnx_parity.json")["parity_ok"]
+    blocky = 0  # the export keeps the blocks: its MatMul weights are the transposed matrices, (input, output)
+    for initializer in onnx.load(output_dir / "model.onnx").graph.initializer:
+        values = numpy_helper.to_array(initializer)
+        if values.ndim == 2 and (values == 0).mean() > 0.4:
+            zeros = (values == 0).T.reshape(-1, 4)
+            assert bool((zeros.all(-1) | ~zeros.any(-1)).all())
+            blocky += 1
+    assert blocky == 4
     # an evaluation-only run of the saved model reproduces the metrics
     again = tmp_path / "eval"
     run_qa.main(qa_args(str(output_dir), squad_files, again, "--do_eval"))
@@ -216,6 +226,7 @@ def test_prune_quant_recipe_trains_int8_and_reloads_for_evaluation_and_export(qa
     parity = _json(output_dir / "onnx_parity.json")
     assert parity["precision"] == "int8" and parity["parity_ok"], parity
     assert parity["integer_ops"].get("MatMulInteger", 0) >= 37  # every pruned matrix and the QA head
+    assert parity["initializer_sparsity"] > 0.6  # the pruned zeros survive as the integer weights' zero point
 
     # the saved folder reloads as the same fake-quantized model: evaluation reproduces, export gives integer ops
     again = tmp_path / "again"

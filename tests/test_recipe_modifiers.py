@@ -324,3 +324,33 @@ def test_mixed_precision_stops_when_quantization_aware_training_starts(tmp_path)
     callback.on_step_begin(None, SimpleNamespace(global_step=6), None)  # epoch 1.0: QAT starts
     assert not accelerator.native_amp and accelerator.scaler is None and optimizer.scaler is None
     assert model.forward.__func__ is original.__func__
+
+
+@pytest.mark.parametrize("modifier", ["GlobalMagnitudePruningModifier", "MovementPruningModifier"])
+def test_global_magnitude_and_movement_pruning_reach_their_target(tmp_path, modifier):
+    recipe = write_recipe(tmp_path, f"""
+        modifiers:
+          - !EpochRangeModifier
+            start_epoch: 0
+            end_epoch: 2
+          - !{modifier}
+            params: ["re:bert.encoder.layer.\\\\d+.intermediate.dense.weight",
+                     "re:bert.encoder.layer.\\\\d+.attention.self.query.weight"]
+            init_sparsity: 0.0
+            final_sparsity: 0.6
+            start_epoch: 0
+            end_epoch: 1
+            update_frequency: 0.2
+    """)
+    model = make_bert(hidden_size=32)
+    trainer, _, logged = train(tmp_path, recipe, model=model)
+    params = dict(trainer.model.named_parameters())
+    sparsities = [float((params[n] == 0).float().mean()) for n in trainer.targeted_names]
+    zeros = sum(int((params[n] == 0).sum()) for n in trainer.targeted_names)
+    total = sum(params[n].numel() for n in trainer.targeted_names)
+    assert zeros / total == pytest.approx(0.6, abs=0.01)
+    if modifier == "GlobalMagnitudePruningModifier":  # one threshold over all matrices: they end unequal
+        assert max(sparsities) - min(sparsities) > 0.01
+    else:  # movement: each matrix to the target, ranked by how weights moved, not by their final size
+        assert sparsities == pytest.approx([0.6] * len(sparsities), abs=0.01)
+    assert 0.0 < logged[2]["sparsity"] < logged[4]["sparsity"] < 0.6  # gradual, as the schedule says
