@@ -174,8 +174,11 @@ class RecipeRun:
             return loss
         student_inputs = {k: v for k, v in inputs.items() if k in _MODEL_INPUTS or k in _forward_arguments(model)}
         teacher_inputs = {k: v for k, v in inputs.items() if k in _MODEL_INPUTS}
+        # the logits only (a distillation modifier without distill_output_keys matches every output it is given;
+        # the teacher, fed no labels, has no loss), in the output class the teacher's outputs have too
+        logits = type(outputs)(**{k: v for k, v in outputs.items() if k != "loss"}) if "loss" in outputs else outputs
         return self.manager.loss_update(loss, model, self.optimizer.optimizer, self.optimizer.epoch,
-                                        self.optimizer.steps_per_epoch, student_outputs=outputs,
+                                        self.optimizer.steps_per_epoch, student_outputs=logits,
                                         student_inputs=student_inputs, teacher_inputs=teacher_inputs)
 
     def finalize(self, model):
