@@ -36,6 +36,9 @@ def markdown_table(results: dict) -> str:
         cells += [f"{_percent(table, row['metrics'][key]):.2f}" if key in row["metrics"] else "-"
                   for _, key in metric_columns]
         cells.append(train_time(row))
+        start = results["rows"].get(row.get("start_from") or "")
+        if start:  # its cost includes the model it starts from
+            cells[-1] += f" + {row['start_from']} {train_time(start)}"
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -83,7 +86,9 @@ def findings_table(results: dict) -> str:
 
 # one colour per method in every panel, so a method reads the same across tables
 METHOD_COLORS = {"GMP": "tab:blue", "GMP + distill": "tab:orange", "one-shot": "tab:purple",
-                 "layer dropping": "tab:green", "layer dropping + distill": "tab:red"}
+                 "layer dropping": "tab:green", "layer dropping + distill": "tab:red",
+                 "GMP from fine-tuned + distill": "tab:brown", "OBS from fine-tuned + distill": "tab:pink",
+                 "OBS one-shot": "tab:olive"}
 
 
 def plot(all_results: list, path: str):

@@ -38,6 +38,7 @@ class Row:
     recipe_args: dict = field(default_factory=dict)
     teacher: str | None = None       # the name of the row whose model teaches this one
     layers_to_keep: int | None = None
+    start_from: str | None = None    # the name of the row whose model this one starts from (default: the base model)
 
 
 def method_rows(gmp_only=False):
@@ -55,6 +56,19 @@ def method_rows(gmp_only=False):
     return rows
 
 
+def recovery_rows(lr_args=None):
+    """Pruning the fine-tuned dense model (the start point and the teacher) with the recovery recipes: LR
+    restarts at each pruning step, a fixed-mask tail, distillation throughout; and OBS one-shot, no training."""
+    lr_args = lr_args or {}
+    rows = [Row(f"ft_{kind}{s}_distill", f"finetuned_{kind}{s}.yaml", f"{kind.upper()} from fine-tuned",
+                dict(lr_args), teacher="dense", start_from="dense")
+            for s in (80, 90) for kind in ("obs", "gmp")]
+    rows.append(Row("obs_oneshot80", "obs_oneshot80.yaml", "OBS one-shot", start_from="dense"))
+    rows.append(Row("ft_obs90_distill_6ep", "finetuned_obs90.yaml", "OBS from fine-tuned",
+                    {**lr_args, "num_epochs": 6.0}, teacher="dense", start_from="dense"))
+    return rows
+
+
 def tables(data_dir, model):
     """table -> (script, the flags every row shares, rows, budget in words)."""
     squad = os.path.join(data_dir, "squad")
@@ -69,14 +83,14 @@ def tables(data_dir, model):
             "--train_file", os.path.join(squad, "train-44-articles-v1.1.json"),
             "--validation_file", os.path.join(squad, "dev-v1.1.json"),
             "--max_seq_length", "256", "--doc_stride", "128", "--per_device_train_batch_size", "16",
-            "--per_device_eval_batch_size", "64", "--learning_rate", "1e-4"], method_rows(),
+            "--per_device_eval_batch_size", "64", "--learning_rate", "1e-4"], method_rows() + recovery_rows(),
             "train: 44 articles of the official train set (11,877 questions); eval: the full official dev set "
             "(10,570); max_seq_length 256, doc_stride 128, batch 16, lr 1e-4, 2 epochs for every row (GMP over "
             "epoch 0-1, one-shot at step 0), distillation hardness 1.0, temperature 2.0"),
         "sst2": ("run_glue.py", common + [
             "--task_name", "sst2", "--glue_data_dir", os.path.join(glue, "SST-2"), "--max_seq_length", "64",
             "--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "128", "--learning_rate", "5e-5"],
-            method_rows(),
+            method_rows() + recovery_rows({"init_lr": 5e-5, "final_lr": 5e-6}),
             "train: the full SST-2 train set (67,349); eval: dev (872); max_seq_length 64, batch 32, lr 5e-5, "
             "2 epochs for every row (GMP over epoch 0-1, one-shot at step 0), distillation hardness 1.0, "
             "temperature 2.0"),
@@ -103,12 +117,17 @@ def tiny_tables(work_dir):
               "--do_onnx_export"]
     rows = [Row("dense", "noprune1epoch.yaml", "dense"),
             Row("gmp80_distill", "80sparsity2epoch.yaml", "GMP", {"num_epochs": 1.0, "pruning_end_epoch": 0.5},
-                teacher="dense")]
+                teacher="dense"),
+            Row("ft_gmp80_distill", "finetuned_gmp80.yaml", "GMP from fine-tuned",
+                {"num_epochs": 4.0, "init_lr": 1e-3, "final_lr": 1e-4}, teacher="dense", start_from="dense")]
     return {"tiny": ("run_qa.py", common, rows, "the built-in demo: 80 questions, 1 epoch")}
 
 
 def row_command(script, common, row: Row, work_dir, table):
     output_dir = os.path.join(work_dir, table, row.name)
+    if row.start_from:  # start from that row's trained model instead of the base model
+        common = list(common)
+        common[common.index("--model_name_or_path") + 1] = os.path.join(work_dir, table, row.start_from)
     command = [sys.executable, os.path.join(REPO, script), *common, "--output_dir", output_dir,
                "--nm_prune_config", os.path.join(REPO, "recipes", row.recipe)]
     if row.recipe_args:
@@ -217,12 +236,12 @@ def main():
         for row in rows:
             if row.name in results["rows"] or (args.rows and row.name not in args.rows):
                 continue
-            teacher_dir = os.path.join(args.work_dir, table, row.teacher or "")
-            if row.teacher and not os.path.isfile(os.path.join(teacher_dir, "model.safetensors")):
-                # the teacher's row is done but its model is not on this machine (work/ is not committed):
-                # train it again; its recorded result stays as it was
-                print(f"[bench] {table}/{row.name}: retraining its teacher {row.teacher}", flush=True)
-                run_row(script, common, by_name[row.teacher], args.work_dir, table, budget)
+            for needed in {row.teacher, row.start_from} - {None}:
+                if not os.path.isfile(os.path.join(args.work_dir, table, needed, "model.safetensors")):
+                    # that row is done but its model is not on this machine (work/ is not committed):
+                    # train it again; its recorded result stays as it was
+                    print(f"[bench] {table}/{row.name}: retraining {needed}, which it needs", flush=True)
+                    run_row(script, common, by_name[needed], args.work_dir, table, budget)
             results["rows"][row.name] = run_row(script, common, row, args.work_dir, table, budget)
             # keep the harness's row order, whatever order the rows finished in
             order = [r.name for r in rows if r.name in results["rows"]]

@@ -4,6 +4,7 @@ the recipe used next to the model."""
 
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -117,6 +118,47 @@ def modifier_parameter_names(modifier, model, recipe_path: str = "") -> list[str
                              f"matches no parameter of this model (its names look like {example!r})")
         selected.update(matched)
     return [n for n in names if n in selected]
+
+
+def check_cyclic_learning_rates(manager: ScheduledModifierManager, steps_per_epoch: int, total_epochs: float,
+                                recipe_path: str):
+    """sparseml 1.8's cyclic_linear misbehaves in ways a run would only show in its log: cycles shorter than two
+    optimizer steps or ending mid-step give negative learning rates, a span of whole cycles that ends before
+    training does divides by zero at its end, and after its end the rate stays at the value it last set. Check the
+    rate it will set at each step, now that the steps per epoch are known, and refuse what would go wrong."""
+    lr_modifiers = manager.learning_rate_modifiers
+    for modifier in lr_modifiers:
+        if getattr(modifier, "lr_func", None) != "cyclic_linear":
+            continue
+        start, end, cycle = modifier.start_epoch, modifier.end_epoch, modifier.cycle_epochs
+        where = (f"{FLAG} {recipe_path}: !LearningRateFunctionModifier cyclic_linear over epochs {start:g}-{end:g} "
+                 f"(cycles of {cycle:g} epochs = {cycle * steps_per_epoch:g} optimizer steps at {steps_per_epoch} "
+                 f"per epoch)")
+        last_step = min(math.floor(end * steps_per_epoch), math.ceil(total_epochs * steps_per_epoch) - 1)
+        for step in range(math.ceil(start * steps_per_epoch), last_step + 1):
+            rate = _sparseml_cyclic_linear(modifier, step / steps_per_epoch, steps_per_epoch)
+            if rate is None or rate < 0:
+                raise UsageError(f"{where}: sparseml would set {'no' if rate is None else f'a negative ({rate:.3g})'} "
+                                 f"learning rate at step {step}; use cycles of at least 2 whole optimizer steps that "
+                                 f"divide the span")
+        takes_over = any(m is not modifier and m.start_epoch >= end for m in lr_modifiers)
+        if end < total_epochs and not takes_over:
+            raise UsageError(f"{where}: it ends before training does (epoch {total_epochs:g}) and no learning-rate "
+                             f"modifier follows, so sparseml would leave the rate at its last value until the end; "
+                             f"end it with training or add one for the rest")
+
+
+def _sparseml_cyclic_linear(modifier, epoch: float, steps_per_epoch: int) -> float | None:
+    """The rate sparseml 1.8's cyclic_linear sets at an epoch (None where it divides by zero), to check it."""
+    span = (modifier.end_epoch - modifier.start_epoch) * steps_per_epoch
+    cycle = modifier.cycle_epochs * steps_per_epoch
+    current = (epoch - modifier.start_epoch) * steps_per_epoch
+    if current > int(span / cycle) * cycle:
+        cycle = span % cycle
+    if cycle == 0 or cycle == 1:
+        return None
+    position = current % cycle
+    return modifier.init_lr - position / (cycle - 1) * (modifier.init_lr - modifier.final_lr)
 
 
 def schedule_epochs(manager: ScheduledModifierManager) -> float | None:

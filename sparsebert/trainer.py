@@ -13,7 +13,7 @@ from transformers import Trainer, TrainerCallback
 
 from sparsebert.cli import UsageError, write_json
 from sparsebert.distillation import combine_losses, distillation_loss, freeze_teacher
-from sparsebert.recipe import schedule_epochs, targeted_parameter_names
+from sparsebert.recipe import check_cyclic_learning_rates, schedule_epochs, targeted_parameter_names
 from sparsebert.quantization import freeze_observers, is_quantized, quantization_modifiers
 from sparsebert.recipe_run import RecipeLearningRate, RecipeRun, gradient_sampler
 from sparsebert.sparsity import zero_fraction
@@ -82,14 +82,20 @@ class SparseMLTrainer(Trainer):
         values = super().set_initial_training_values(args, dataloader)
         self.steps_per_epoch = values[1]
         max_steps = values[-1]
-        epochs = schedule_epochs(self.recipe) if self.recipe is not None else None
-        if epochs is not None and epochs * self.steps_per_epoch > max_steps + 1e-6:
+        if self.recipe is None:
+            return values
+        epochs = schedule_epochs(self.recipe)
+        try:
+            if epochs is not None and epochs * self.steps_per_epoch > max_steps + 1e-6:
+                raise UsageError(
+                    f"--nm_prune_config {self.recipe_path}: the recipe runs to epoch {epochs:g} "
+                    f"({round(epochs * self.steps_per_epoch)} optimizer steps at {self.steps_per_epoch} per epoch) "
+                    f"but training stops after {max_steps} (--max_steps): its schedule would not finish")
+            check_cyclic_learning_rates(self.recipe, self.steps_per_epoch, max_steps / self.steps_per_epoch,
+                                        self.recipe_path)
+        except UsageError:
             self._remove_output_dir_if_untouched()
-            raise UsageError(
-                f"--nm_prune_config {self.recipe_path}: the recipe runs to epoch {epochs:g} "
-                f"({round(epochs * self.steps_per_epoch)} optimizer steps at {self.steps_per_epoch} per epoch) but "
-                f"training stops after {max_steps} (--max_steps): its schedule would not finish"
-            )
+            raise
         return values
 
     def _remove_output_dir_if_untouched(self):

@@ -23,6 +23,12 @@ def test_tiny_benchmark_writes_rows_and_resumes(tmp_path):
     assert "--teacher_model_name_or_path" in distilled["command"]
     markdown = (results / "tiny.md").read_text()
     assert "| gmp80_distill | GMP | 80% |" in markdown
+    # a recovery row starts from the dense row's fine-tuned model, and its cost shows that model's too
+    recovery = table["rows"]["ft_gmp80_distill"]
+    at = recovery["command"].index("--model_name_or_path")
+    assert recovery["command"][at + 1].endswith(os.path.join("tiny", "dense")) and recovery["start_from"] == "dense"
+    assert abs(recovery["sparsity"] - 0.80) < 0.01
+    assert "| ft_gmp80_distill | GMP from fine-tuned | 80% |" in markdown and " + dense " in markdown
 
     # finished rows are not run again
     again = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
@@ -35,7 +41,7 @@ def test_tiny_benchmark_writes_rows_and_resumes(tmp_path):
     (results / "tiny.json").write_text(json.dumps(table))
     third = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert third.returncode == 0, third.stdout[-2000:] + third.stderr[-2000:]
-    assert "retraining its teacher dense" in third.stdout
+    assert "retraining dense, which it needs" in third.stdout
     rerun = json.load(open(results / "tiny.json"))
     assert rerun["rows"]["dense"] == dense and "gmp80_distill" in rerun["rows"]
 

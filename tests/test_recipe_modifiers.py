@@ -93,6 +93,30 @@ def test_learning_rate_is_the_recipes_function_at_every_step(tmp_path):
     assert recorder.lrs[6] > recorder.lrs[5] and recorder.lrs[12] > recorder.lrs[11]  # the restarts
 
 
+@pytest.mark.parametrize("span, problem", [
+    ("0.9", r"cycles of 0.5 epochs = 3 optimizer steps at 6 per epoch\): sparseml would set a negative \(-0.000286\) "
+            r"learning rate at step 4"),
+    ("1.0", r"it ends before training does \(epoch 2\) and no learning-rate modifier follows"),
+])
+def test_cyclic_learning_rates_sparseml_would_get_wrong_are_refused_before_training(tmp_path, span, problem):
+    recipe = write_recipe(tmp_path, f"""
+        modifiers:
+          - !EpochRangeModifier
+            start_epoch: 0
+            end_epoch: 2
+          - !LearningRateFunctionModifier
+            start_epoch: 0.0
+            end_epoch: {span}
+            lr_func: cyclic_linear
+            cycle_epochs: 0.5
+            init_lr: 0.01
+            final_lr: 0.001
+    """)
+    with pytest.raises(UsageError, match=problem):
+        train(tmp_path, recipe)
+    assert not (tmp_path / "out").exists()
+
+
 def test_set_learning_rate_and_weight_decay_take_effect_at_their_epoch(tmp_path):
     recipe = write_recipe(tmp_path, """
         modifiers:
