@@ -19,13 +19,21 @@ class UsageError(Exception):
     """Bad input from the user: reported as one line naming the culprit, exit status 2, nothing written."""
 
 
+class CheckFailed(Exception):
+    """The run did its work but a check of the result failed (an ONNX file that disagrees with PyTorch): its
+    outputs stay for inspection, the exit status is 1."""
+
+
 def run_cli(main):
-    """Call main(); turn a UsageError into a one-line message on stderr and exit status 2."""
+    """Call main(); a UsageError becomes a one-line message on stderr and exit status 2, a CheckFailed exit 1."""
     try:
         return main()
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except CheckFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
 
 
 @dataclass

@@ -9,7 +9,7 @@ import sys
 
 from transformers import AutoConfig, AutoTokenizer
 
-from sparsebert.cli import UsageError, check_output_dir, write_json
+from sparsebert.cli import CheckFailed, UsageError, check_output_dir, write_json
 from sparsebert.distillation import check_distillation_args, check_same_vocabulary
 from sparsebert.onnx_export import export_onnx
 from sparsebert.quantization import load_quantized_model, saved_quantization_recipe
@@ -202,7 +202,7 @@ def export_and_verify(trainer, tokenizer, sparse_args, training_args, output_nam
 
 
 def log_summary(training_args, metrics: dict | None, report: dict | None, onnx_report: dict | None):
-    """The run's results in a few lines, after the libraries' own output."""
+    """The run's results in a few lines, after the libraries' own output; then a failed ONNX check fails the run."""
     lines = [f"output_dir: {training_args.output_dir}"]
     if metrics:
         shown = {k: v for k, v in metrics.items() if isinstance(v, float) and not k.endswith(
@@ -214,6 +214,10 @@ def log_summary(training_args, metrics: dict | None, report: dict | None, onnx_r
         lines.append(f"sparsity: {pruned}whole model {100 * report['model_sparsity']:.1f}% zeros "
                      f"of {report['model_parameters']:,} parameters")
     if onnx_report:
-        lines.append(f"onnx: {onnx_report['onnx_path']} (max abs diff vs PyTorch {onnx_report['max_abs_diff']:.1e}, "
-                     f"{'ok' if onnx_report['parity_ok'] else 'OVER TOLERANCE'})")
+        lines.append(f"onnx: {onnx_report['onnx_path']} ({onnx_report['precision']}, max abs diff vs PyTorch "
+                     f"{onnx_report['max_abs_diff']:.1e}, {'ok' if onnx_report['parity_ok'] else 'FAILS its check'})")
     logger.info("Summary\n  " + "\n  ".join(lines))
+    if onnx_report and not onnx_report["parity_ok"]:
+        raise CheckFailed(f"{onnx_report['onnx_path']} disagrees with the PyTorch model ({onnx_report['rule']}: "
+                          f"max abs diff {onnx_report['max_abs_diff']:.2e}, same prediction "
+                          f"{onnx_report['prediction_agreement']:.0%}); see onnx_parity.json beside it")

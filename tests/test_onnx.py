@@ -52,3 +52,23 @@ def test_onnx_matches_pytorch_on_two_shapes_and_keeps_zeros(tmp_path, num_labels
         assert found, f"{name} not found in the ONNX initializers"
         assert (found[0] == 0).mean() >= 0.79
     assert report["initializer_sparsity"] > 0.5
+
+
+def test_a_parity_failure_fails_the_run_with_exit_status_1(qa_model_dir, squad_files, tmp_path, monkeypatch):
+    import json
+
+    import run_qa
+    import sparsebert.onnx_export
+    from helpers import qa_args
+    from sparsebert.cli import CheckFailed, run_cli
+
+    monkeypatch.setattr(sparsebert.onnx_export, "PARITY_TOLERANCE", 0.0)  # no file can pass: a forced mismatch
+    output_dir = tmp_path / "out"
+    argv = qa_args(qa_model_dir, squad_files, output_dir, "--do_eval", "--do_onnx_export")
+    with pytest.raises(CheckFailed, match=r"model.onnx disagrees with the PyTorch model \(FP32: logits within 0"):
+        run_qa.main(argv)
+    report = json.load(open(output_dir / "onnx_parity.json"))  # the evidence stays for inspection
+    assert not report["parity_ok"] and (output_dir / "model.onnx").is_file()
+    with pytest.raises(SystemExit) as stopped:
+        run_cli(lambda: run_qa.main(argv))
+    assert stopped.value.code == 1
