@@ -105,6 +105,7 @@ def main(argv=None):
         logit_keys=("logits",),
         temperature=model_args.temperature,
         hardness=model_args.distill_hardness,
+        quantize_attention=sparse_args.quantize_attention,
         regression=task.is_regression,
     )
 

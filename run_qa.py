@@ -121,6 +121,7 @@ def main(argv=None):
         logit_keys=QA_OUTPUTS,
         temperature=model_args.temperature,
         hardness=model_args.distill_hardness,
+        quantize_attention=sparse_args.quantize_attention,
     )
 
     report = metrics = onnx_report = None

@@ -32,9 +32,8 @@ from bench.report import replace_readme_section  # noqa: E402
 from bench.run import default_model, environment  # noqa: E402
 from sparsebert.cli import write_json  # noqa: E402
 from sparsebert.onnx_export import INPUT_NAMES, export_onnx  # noqa: E402
-from sparsebert.recipe import load_recipe, targeted_parameter_names  # noqa: E402
+from sparsebert.recipe import load_recipe, quiet_sparseml_loggers, targeted_parameter_names  # noqa: E402
 from sparsebert.sparsity import zero_fraction  # noqa: E402
-from sparsebert.recipe_run import quiet_sparseml_loggers  # noqa: E402
 
 SPARSITIES = (0, 80, 90)
 HEADS = {"qa": (("start_logits", "end_logits"), (16, 384)), "sst2": (("logits",), (32, 64))}

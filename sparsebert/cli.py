@@ -83,6 +83,10 @@ class SparsificationArguments:
     recipe_args: str | None = field(
         default=None, metadata={"help": 'JSON overrides of the recipe\'s variables, e.g. \'{"num_epochs": 3}\'.'}
     )
+    quantize_attention: bool = field(
+        default=True, metadata={"help": "With a recipe's QuantizationModifier, quantize attention's two matmuls too, "
+                                        "not only the Linear layers (--no_quantize_attention: Linear only)."}
+    )
     do_onnx_export: bool = field(default=False, metadata={"help": "Export the model to ONNX and verify it."})
     onnx_export_path: str | None = field(
         default=None, metadata={"help": "Folder for model.onnx (default: --output_dir)."}

@@ -1,5 +1,10 @@
 """INT8 quantization-aware training (sparseml's QuantizationModifier) beyond the training loop: recognising a
-fake-quantized model, and rebuilding one from the recipe saved beside it when it is loaded again.
+fake-quantized model, quantizable attention, and rebuilding a quantized model from the recipe saved beside it.
+
+sparseml quantizes Linear layers (and embeddings); the two matrix products inside attention (query x key, then
+probabilities x value) are plain torch.matmul calls, which it patched for quantization only in transformers 4.
+Here they run as QuantizableMatMul modules, through an attention implementation registered with transformers'
+AttentionInterface, so QAT fake-quantizes their inputs and the export turns them into integer MatMuls too.
 
 A QAT model's weights are saved under the names of its quantized structure (`...query.module.weight`, observers'
 scales and zero points), so from_pretrained alone would load a float model with those weights missing. The
@@ -15,13 +20,58 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from sparseml.pytorch.optim import ScheduledModifierManager
 from sparseml.pytorch.sparsification.quantization.helpers import initialize_channel_wise_scale_zp
+from torch import nn
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from sparsebert.cli import UsageError
-from sparsebert.recipe_run import quiet_sparseml_loggers
+from sparsebert.recipe import quiet_sparseml_loggers
 
 logger = logging.getLogger(__name__)
 
 RECIPE_NAME = "recipe.yaml"
+ATTENTION = "sparsebert_quantizable"  # the attention implementation with quantizable matmuls
+
+
+class QuantizableMatMul(nn.Module):
+    """torch.matmul with each input behind a QuantStub: QAT gives the stubs fake-quantize observers, and the
+    export sees quantized inputs to a MatMul, which it turns into MatMulInteger. Before QAT it is torch.matmul."""
+
+    def __init__(self):
+        super().__init__()
+        self.left_quant = torch.ao.quantization.QuantStub()
+        self.right_quant = torch.ao.quantization.QuantStub()
+
+    def forward(self, left, right):
+        return torch.matmul(self.left_quant(left), self.right_quant(right))
+
+
+def quantizable_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers' eager attention, its two products done by the module's QuantizableMatMuls."""
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    scores = module.scores_matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    probabilities = nn.functional.dropout(nn.functional.softmax(scores, dim=-1), p=dropout, training=module.training)
+    output = module.context_matmul(probabilities, value).transpose(1, 2).contiguous()
+    return output, probabilities
+
+
+def install_quantizable_attention(model) -> int:
+    """Give every self-attention module its two QuantizableMatMuls and switch the model to the attention that
+    uses them; returns how many attention modules were changed (0: none found, the model is left as it was)."""
+    attention_modules = [m for m in model.modules()
+                         if all(isinstance(getattr(m, name, None), nn.Linear) for name in ("query", "key", "value"))]
+    if not attention_modules:
+        return 0
+    AttentionInterface.register(ATTENTION, quantizable_attention)
+    AttentionMaskInterface.register(ATTENTION, eager_mask)  # the additive mask eager attention takes
+    for module in attention_modules:
+        module.scores_matmul = QuantizableMatMul()
+        module.context_matmul = QuantizableMatMul()
+    model.set_attn_implementation(ATTENTION)
+    return len(attention_modules)
 
 
 def is_quantized(model) -> bool:
@@ -55,10 +105,12 @@ def load_quantized_model(auto_model_class, folder: str, config, manager: Schedul
     """Build the model from its config, give it the quantized structure the recipe's QuantizationModifier
     ends with, then load every saved weight, scale and zero point into it."""
     model = auto_model_class.from_config(config)
+    state = load_file(os.path.join(folder, "model.safetensors"))
+    if any(".scores_matmul." in key for key in state):  # trained with quantizable attention
+        install_quantizable_attention(model)
     for modifier in quantization_modifiers(manager):  # only these: the saved model already lacks dropped layers
         modifier.apply_structure(model, epoch=math.inf, loggers=quiet_sparseml_loggers())
     initialize_channel_wise_scale_zp(model)  # per-channel observers start with placeholder shapes
-    state = load_file(os.path.join(folder, "model.safetensors"))
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:

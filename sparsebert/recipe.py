@@ -11,6 +11,7 @@ import shutil
 
 import yaml
 from sparseml.pytorch.optim import ScheduledModifierManager
+from sparseml.pytorch.utils import LoggerManager, PythonLogger
 from sparseml.pytorch.utils.helpers import any_str_or_regex_matches_param_name
 from sparseml.utils.restricted_eval import UnknownVariableException
 
@@ -197,3 +198,9 @@ def save_recipe(manager: ScheduledModifierManager, recipe_path: str, variables: 
     else:
         shutil.copyfile(recipe_path, tmp)
     os.replace(tmp, target)
+
+
+def quiet_sparseml_loggers():
+    """Route the modifiers' own logs to a debug-level Python logger: sparseml's default would write log
+    files into a sparse_logs/ folder in the working directory."""
+    return LoggerManager([PythonLogger(logger=logging.getLogger("sparseml.modifiers"))], log_python=False)

@@ -12,13 +12,14 @@ import logging
 
 import psutil
 import torch
-from torch.utils.data import DataLoader
 from sparseml.pytorch.optim import ScheduledModifierManager
-from sparseml.pytorch.utils import LoggerManager, PythonLogger
+from torch.utils.data import DataLoader
 
 from sparsebert.cli import UsageError
-from sparsebert.layer_dropping import check_whole_layers, encoder_layers, remove_skipped_layers, replace_identity_layers
-from sparsebert.recipe import modifier_parameter_names
+from sparsebert.layer_dropping import (check_whole_layers, encoder_layers, remove_skipped_layers,
+                                       replace_identity_layers)
+from sparsebert.quantization import install_quantizable_attention, quantization_modifiers
+from sparsebert.recipe import modifier_parameter_names, quiet_sparseml_loggers
 
 logger = logging.getLogger(__name__)
 
@@ -98,12 +99,15 @@ class RecipeRun:
     """One training run of a recipe: sparseml's manager plus what it needs from the training loop.
 
     teacher: the frozen model the recipe's DistillationModifier distills from (None when it has none).
+    quantize_attention: with a QuantizationModifier, quantize attention's two matrix products too, not only the
+    Linear layers.
     """
 
-    def __init__(self, manager: ScheduledModifierManager, recipe_path: str, teacher=None):
+    def __init__(self, manager: ScheduledModifierManager, recipe_path: str, teacher=None, quantize_attention=True):
         self.manager = manager
         self.recipe_path = recipe_path
         self.teacher = teacher
+        self.quantize_attention = quantize_attention
         self.optimizer = None
 
     @property
@@ -115,7 +119,11 @@ class RecipeRun:
         return bool(self.manager.distillation_modifiers)
 
     def apply_structure(self, model, epoch: float = 0.0):
-        """Structural modifiers (layer pruning) act now, before the optimizer is built over the parameters."""
+        """Structural modifiers (layer pruning; quantization, if the run starts at or after its epoch) act now,
+        before the optimizer is built over the parameters."""
+        if self.quantize_attention and quantization_modifiers(self.manager):
+            changed = install_quantizable_attention(model)
+            logger.info(f"Quantization-aware training will quantize the attention matmuls of {changed} layers too")
         layer_pruners = [m for m in self.manager.iter_modifiers() if type(m).__name__ == "LayerPruningModifier"]
         for modifier in layer_pruners:
             check_whole_layers(model, modifier.layers, self.recipe_path)
@@ -214,12 +222,6 @@ def gradient_sampler(model, dataset, collate_fn, num_grads: int):
         return outputs["loss"] if isinstance(outputs, dict) else outputs[0]
 
     return {"data_loader_builder": data_loader_builder, "loss_function": loss_function}
-
-
-def quiet_sparseml_loggers():
-    """Route the modifiers' own logs to a debug-level Python logger: sparseml's default would write log
-    files into a sparse_logs/ folder in the working directory."""
-    return LoggerManager([PythonLogger(logger=logging.getLogger("sparseml.modifiers"))], log_python=False)
 
 
 def _forward_arguments(model) -> set[str]:

@@ -29,6 +29,7 @@ class SparseMLTrainer(Trainer):
     teacher: a frozen model to distill from. With a recipe holding a DistillationModifier the recipe distills from
     it (its hardness and temperature); otherwise our loss does, with `temperature` and `hardness`; logit_keys name
     the outputs to match (("logits",) or ("start_logits", "end_logits")); regression uses MSE instead of KL.
+    quantize_attention: with a QuantizationModifier, attention's two matmuls are quantized too (not only Linear).
     """
 
     # compute_loss returns per-batch means: the Trainer divides them for gradient accumulation
@@ -36,7 +37,7 @@ class SparseMLTrainer(Trainer):
 
     def __init__(self, model=None, args=None, *, recipe: ScheduledModifierManager | None = None,
                  recipe_path: str = "", teacher=None, logit_keys=("logits",), temperature=2.0,
-                 hardness=1.0, regression=False, **kwargs):
+                 hardness=1.0, regression=False, quantize_attention=True, **kwargs):
         # the Trainer creates output_dir right away; remember whether it was there before
         self._made_output_dir = args is None or not os.path.exists(args.output_dir)
         device = args.device if args is not None else None
@@ -45,7 +46,8 @@ class SparseMLTrainer(Trainer):
         self.recipe_run = None
         self._targeted = []  # the parameters themselves: quantization and layer removal rename them
         if recipe is not None:  # what the recipe does to the model's structure, and checks, before anything is written
-            self.recipe_run = RecipeRun(recipe, recipe_path, teacher=teacher if recipe.distillation_modifiers else None)
+            self.recipe_run = RecipeRun(recipe, recipe_path, teacher=teacher if recipe.distillation_modifiers else None,
+                                        quantize_attention=quantize_attention)
             self.recipe_run.apply_structure(model, epoch=_resumed_epoch(args))
             self.recipe_run.check_fisher_memory(model, device)
             params = dict(model.named_parameters())

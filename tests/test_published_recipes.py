@@ -225,7 +225,8 @@ def test_prune_quant_recipe_trains_int8_and_reloads_for_evaluation_and_export(qa
     assert sum(r["targeted"] for r in report["parameters"]) == 36  # 6 matrices x 6 kept layers, through QAT
     parity = _json(output_dir / "onnx_parity.json")
     assert parity["precision"] == "int8" and parity["parity_ok"], parity
-    assert parity["integer_ops"].get("MatMulInteger", 0) >= 37  # every pruned matrix and the QA head
+    # every pruned matrix, the QA head and the two attention matmuls of each layer
+    assert parity["integer_ops"]["MatMulInteger"] == 6 * 6 + 1 + 6 * 2
     assert parity["initializer_sparsity"] > 0.6  # the pruned zeros survive as the integer weights' zero point
 
     # the saved folder reloads as the same fake-quantized model: evaluation reproduces, export gives integer ops

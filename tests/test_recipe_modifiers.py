@@ -36,14 +36,16 @@ class OptimizerRecorder(TrainerCallback):
         self.weight_decays.append([g["weight_decay"] for g in groups])
 
 
-def train(tmp_path, recipe_path, teacher=None, learning_rate=1e-3, logging_steps=1, model=None, **model_kwargs):
+def train(tmp_path, recipe_path, teacher=None, learning_rate=1e-3, logging_steps=1, model=None, quantize_attention=True,
+          **model_kwargs):
     model = model or make_bert(hidden_size=32, **model_kwargs)
     manager = load_recipe(recipe_path)
     args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=BATCH,
                              num_train_epochs=manager.max_epochs, learning_rate=learning_rate, report_to="none",
                              save_strategy="no", disable_tqdm=True, use_cpu=True, seed=0, logging_steps=logging_steps)
     trainer = SparseMLTrainer(model=model, args=args, train_dataset=random_qa_dataset(ROWS), recipe=manager,
-                              recipe_path=recipe_path, teacher=teacher, logit_keys=("start_logits", "end_logits"))
+                              recipe_path=recipe_path, teacher=teacher, logit_keys=("start_logits", "end_logits"),
+                              quantize_attention=quantize_attention)
     recorder = OptimizerRecorder()
     trainer.add_callback(recorder)
     trainer.train()
@@ -378,3 +380,25 @@ def test_global_magnitude_and_movement_pruning_reach_their_target(tmp_path, modi
     else:  # movement: each matrix to the target, ranked by how weights moved, not by their final size
         assert sparsities == pytest.approx([0.6] * len(sparsities), abs=0.01)
     assert 0.0 < logged[2]["sparsity"] < logged[4]["sparsity"] < 0.6  # gradual, as the schedule says
+
+
+@pytest.mark.parametrize("quantize_attention, integer_matmuls", [(True, 13 + 2 * 2), (False, 13)])
+def test_quantization_aware_training_exports_integer_matmuls(tmp_path, quantize_attention, integer_matmuls):
+    from sparsebert.demo import make_tokenizer
+    from sparsebert.onnx_export import export_onnx
+
+    recipe = write_recipe(tmp_path, """
+        modifiers:
+          - !EpochRangeModifier
+            start_epoch: 0
+            end_epoch: 1
+          - !QuantizationModifier
+            start_epoch: 0.0
+            submodules: [bert.embeddings, bert.encoder, qa_outputs]
+    """)
+    trainer, _, _ = train(tmp_path, recipe, quantize_attention=quantize_attention)
+    trainer.finalize_recipe()
+    report = export_onnx(trainer.model, make_tokenizer(), str(tmp_path / "onnx"), ("start_logits", "end_logits"))
+    # 12 encoder Linear layers and the QA head; with quantized attention, its two products in each of 2 layers
+    assert report["precision"] == "int8" and report["integer_ops"] == {"MatMulInteger": integer_matmuls}
+    assert report["parity_ok"], report
