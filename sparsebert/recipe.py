@@ -70,6 +70,10 @@ def load_recipe(path: str, variables: dict | None = None) -> ScheduledModifierMa
     if not manager.modifiers:
         raise UsageError(f"{FLAG} {path}: holds no modifiers")
     for modifier in _modifiers(manager):
+        if type(modifier).__name__ == "QuantizationModifier" and "legacy" not in type(modifier).__module__:
+            raise UsageError(f"{FLAG} {path}: this !QuantizationModifier is sparseml 1.8's scheme-based one (chosen "
+                             f"when none of the classic one's settings is given), which fails with torch 2's QConfig; "
+                             f"give `submodules: [...]` or `weight_bits: 8` to get the classic one, which runs")
         if type(modifier).__name__ == "LayerPruningModifier" and modifier.end_epoch != -1:
             raise UsageError(f"{FLAG} {path}: !LayerPruningModifier with end_epoch {modifier.end_epoch:g} would put "
                              f"the layers back; only end_epoch -1 (removed for good) is supported")

@@ -118,20 +118,40 @@ class RecipeRun:
     def distills(self) -> bool:
         return bool(self.manager.distillation_modifiers)
 
-    def apply_structure(self, model, epoch: float = 0.0):
-        """Structural modifiers (layer pruning; quantization, if the run starts at or after its epoch) act now,
-        before the optimizer is built over the parameters."""
+    def apply_structure(self, model):
+        """Before the Trainer and its optimizer exist: the layers the recipe removes go, and with a
+        QuantizationModifier the attention gets its quantizable matmuls (plain matmuls until QAT starts)."""
         if self.quantize_attention and quantization_modifiers(self.manager):
             changed = install_quantizable_attention(model)
             logger.info(f"Quantization-aware training will quantize the attention matmuls of {changed} layers too")
         layer_pruners = [m for m in self.manager.iter_modifiers() if type(m).__name__ == "LayerPruningModifier"]
         for modifier in layer_pruners:
             check_whole_layers(model, modifier.layers, self.recipe_path)
-        self.manager.apply_structure(model, epoch=epoch, loggers=quiet_sparseml_loggers())
+            modifier.apply_structure(model, epoch=0.0, loggers=quiet_sparseml_loggers())
         if layer_pruners:
             skipped = replace_identity_layers(model)
             kept = len(encoder_layers(model)) - len(skipped)
             logger.info(f"Recipe layer pruning: encoder layers {skipped} removed, {kept} kept")
+
+    def initialize(self, model, epoch: float, grad_sampler=None):
+        """Initialize every modifier at `epoch` (0, or where a resumed checkpoint stopped), quantization last:
+        the others find their parameters by the names the recipe gives (`...query.weight`) before quantization
+        wraps the layers (`...query.module.weight`; the parameters themselves stay the same). A run resumed past
+        the start of QAT thus has its quantized structure before the checkpoint's weights load into it."""
+        kwargs = self._initialize_kwargs(grad_sampler)
+        quantizers = quantization_modifiers(self.manager)
+        for modifier in self.manager.iter_modifiers():
+            if modifier not in quantizers and not modifier.initialized:
+                modifier.initialize(model, epoch, **kwargs)
+        self.manager.initialize(model, epoch, **kwargs)  # the rest: the quantization modifiers
+
+    def _initialize_kwargs(self, grad_sampler=None) -> dict:
+        kwargs = {"loggers": quiet_sparseml_loggers()}
+        if self.teacher is not None:
+            kwargs["distillation_teacher"] = self.teacher
+        if grad_sampler is not None:
+            kwargs["grad_sampler"] = grad_sampler
+        return kwargs
 
     @property
     def gradient_samplers(self) -> list:
@@ -161,15 +181,10 @@ class RecipeRun:
                              f"lower fisher_block_size or prune fewer parameters")
 
     def wrap_optimizer(self, optimizer, model, steps_per_epoch: int, start_epoch: float, grad_sampler=None):
-        """Initialize the modifiers at start_epoch (0, or where a resumed checkpoint stopped) and wrap the
-        optimizer so each step runs them. grad_sampler: what OBS samples gradients with (gradient_sampler())."""
-        kwargs = {"loggers": quiet_sparseml_loggers()}
-        if self.teacher is not None:
-            kwargs["distillation_teacher"] = self.teacher
-        if grad_sampler is not None:
-            kwargs["grad_sampler"] = grad_sampler
+        """Wrap the optimizer so each step runs the modifiers, the schedule starting at start_epoch (0, or where a
+        resumed checkpoint stopped); modifiers not initialized yet are, with grad_sampler for OBS."""
         step_wrapper = self.manager.modify(model, optimizer, steps_per_epoch=steps_per_epoch, epoch=start_epoch,
-                                           **kwargs)
+                                           **self._initialize_kwargs(grad_sampler))
         self.optimizer = RecipeOptimizer(optimizer, step_wrapper)
         if start_epoch:
             logger.info(f"Recipe schedule resumed at epoch {start_epoch:.4f} ({round(start_epoch * steps_per_epoch)} "

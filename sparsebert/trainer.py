@@ -48,11 +48,17 @@ class SparseMLTrainer(Trainer):
         if recipe is not None:  # what the recipe does to the model's structure, and checks, before anything is written
             self.recipe_run = RecipeRun(recipe, recipe_path, teacher=teacher if recipe.distillation_modifiers else None,
                                         quantize_attention=quantize_attention)
-            self.recipe_run.apply_structure(model, epoch=_resumed_epoch(args))
+            self.recipe_run.apply_structure(model)
             self.recipe_run.check_fisher_memory(model, device)
             params = dict(model.named_parameters())
             self._targeted = [params[name] for name in targeted_parameter_names(recipe, model, recipe_path)]
         super().__init__(model=model, args=args, **kwargs)
+        if self.recipe_run is not None:
+            samplers = self.recipe_run.gradient_samplers
+            grad_sampler = (gradient_sampler(self.model, self.train_dataset, self.data_collator, samplers[0].num_grads)
+                            if samplers else None)
+            self.recipe_run.initialize(self.model, _resumed_epoch(self.args), grad_sampler)
+            self.model.to(self.args.device)  # quantization may have added observers on the CPU
         if self.recipe_run is not None and quantization_modifiers(recipe):
             self.add_callback(FullPrecisionForQuantization(self))
         # our own distillation loss only when the recipe does not distill itself: never both
@@ -111,12 +117,8 @@ class SparseMLTrainer(Trainer):
             return optimizer
         # on resume the Trainer has already restored global_step: the schedule starts from there
         resumed_steps = self.state.global_step if self.state is not None else 0
-        samplers = self.recipe_run.gradient_samplers
-        grad_sampler = (gradient_sampler(self.model, self.train_dataset, self.data_collator, samplers[0].num_grads)
-                        if samplers else None)
         self.optimizer = self.recipe_run.wrap_optimizer(optimizer, self.model, self.steps_per_epoch,
-                                                        start_epoch=resumed_steps / self.steps_per_epoch,
-                                                        grad_sampler=grad_sampler)
+                                                        start_epoch=resumed_steps / self.steps_per_epoch)
         return self.optimizer
 
     def create_scheduler(self, num_training_steps, optimizer=None):

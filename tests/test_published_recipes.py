@@ -236,3 +236,55 @@ def test_prune_quant_recipe_trains_int8_and_reloads_for_evaluation_and_export(qa
     reexported = _json(again / "onnx_parity.json")
     assert reexported["parity_ok"] and reexported["integer_ops"] == parity["integer_ops"]
     assert not os.path.exists("sparse_logs")
+
+
+def _zero_encoder_weights(model, fraction, seed=0):
+    """Zero a random share of each encoder weight matrix: an already sparse model. Returns the masks."""
+    generator = torch.Generator().manual_seed(seed)
+    masks = {}
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".encoder.layer." in name and name.endswith("weight") and param.dim() == 2:
+                masks[name] = torch.rand(param.shape, generator=generator) < fraction
+                param[masks[name]] = 0.0
+    return masks
+
+
+def test_qat_of_a_pruned_model_keeps_its_zeros_and_exports_integer_ops(qa_model_dir, squad_files, tmp_path):
+    from sparsebert.cli import ModelArguments
+    from sparsebert.pipeline import load_model
+
+    sparse_dir = tmp_path / "sparse"
+    model = AutoModelForQuestionAnswering.from_pretrained(qa_model_dir)
+    masks = _zero_encoder_weights(model, 0.7)
+    model.save_pretrained(sparse_dir)
+    make_tokenizer().save_pretrained(sparse_dir)
+    output_dir = tmp_path / "out"
+    run_qa.main(qa_args(str(sparse_dir), squad_files, output_dir, "--do_train", "--do_eval", "--do_onnx_export",
+                        "--recipe", os.path.join(RECIPES, "qat1epoch.yaml")))
+    parity = _json(output_dir / "onnx_parity.json")
+    assert parity["precision"] == "int8" and parity["parity_ok"]
+    assert parity["integer_ops"] == {"MatMulInteger": 12 + 1 + 2 * 2}
+    # the zeros are where they were, in the quantized model as saved (its layers wrapped: ...query.module.weight)
+    quantized = load_model(ModelArguments(model_name_or_path=str(output_dir)), AutoModelForQuestionAnswering,
+                           AutoModelForQuestionAnswering.from_pretrained(qa_model_dir).config)
+    weights = {name.replace(".module.", "."): param for name, param in quantized.named_parameters()}
+    for name, mask in masks.items():
+        assert torch.equal(weights[name] == 0, mask), name
+
+
+def test_resume_after_quantization_started_matches_the_uninterrupted_run(qa_model_dir, squad_files, tmp_path):
+    # 15 steps an epoch; QAT from epoch 2 (step 30): the checkpoint at step 40 holds a quantized model, which the
+    # resumed run must rebuild before loading it
+    common = ["--do_train", "--do_eval", "--recipe", os.path.join(RECIPES, "80sparsity_qat3epoch.yaml"),
+              "--logging_steps", "1", "--save_strategy", "steps", "--save_steps", "40"]
+    whole = tmp_path / "whole"
+    run_qa.main(qa_args(qa_model_dir, squad_files, whole, *common))
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(whole / "checkpoint-40", resumed / "checkpoint-40")
+    run_qa.main(qa_args(qa_model_dir, squad_files, resumed, *common, "--resume_from_checkpoint", "last"))
+    losses = {h["step"]: h["loss"] for h in _training_logs(whole) if h["step"] > 40}
+    assert {h["step"]: h["loss"] for h in _training_logs(resumed) if h["step"] > 40} == pytest.approx(losses, rel=1e-4)
+    assert _json(resumed / "eval_results.json")["eval_f1"] == pytest.approx(_json(whole / "eval_results.json")["eval_f1"])
+    assert _json(resumed / "sparsity_report.json")["targeted_sparsity"] == pytest.approx(0.8, abs=0.005)

@@ -203,6 +203,22 @@ def test_recipe_distillation_and_cli_distillation_are_never_both_applied(tmp_pat
     assert all(h["loss"] != pytest.approx(h["student_loss"], rel=1e-3) for h in logged[1:])  # the teacher counts
 
 
+def test_the_scheme_based_quantization_modifier_is_refused(tmp_path):
+    # sparseml 1.8 picks its scheme-based QuantizationModifier when none of the classic one's settings is given;
+    # that one fails on torch 2 (it sets an attribute on torch's QConfig tuple), so it is refused before training
+    recipe = write_recipe(tmp_path, """
+        modifiers:
+          - !EpochRangeModifier
+            start_epoch: 0
+            end_epoch: 1
+          - !QuantizationModifier
+            start_epoch: 0.0
+    """)
+    with pytest.raises(UsageError, match=r"this !QuantizationModifier is sparseml 1.8's scheme-based one .* give "
+                                         r"`submodules: \[...\]` or `weight_bits: 8`"):
+        load_recipe(recipe)
+
+
 def test_unsupported_modifier_is_refused_by_name(tmp_path):
     recipe = write_recipe(tmp_path, """
         modifiers:
@@ -330,6 +346,7 @@ def test_mixed_precision_stops_when_quantization_aware_training_starts(tmp_path)
             end_epoch: 2
           - !QuantizationModifier
             start_epoch: 1.0
+            weight_bits: 8
     """))
     model = make_bert(hidden_size=32)
     original = model.forward
