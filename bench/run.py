@@ -69,6 +69,15 @@ def recovery_rows(lr_args=None):
     return rows
 
 
+def int8_rows():
+    """INT8: one epoch of quantization-aware training (recipes/qat1epoch.yaml, zeros held) on the dense model and
+    on the distilled GMP rows, distilling from the dense model as they did: INT8 against the same FP32 row."""
+    rows = [Row("dense_int8", "qat1epoch.yaml", "dense + INT8", start_from="dense")]
+    rows += [Row(f"gmp{s}_distill_int8", "qat1epoch.yaml", "GMP + INT8", teacher="dense", start_from=f"gmp{s}_distill")
+             for s in (80, 90)]
+    return rows
+
+
 def tables(data_dir, model):
     """table -> (script, the flags every row shares, rows, budget in words)."""
     squad = os.path.join(data_dir, "squad")
@@ -83,14 +92,15 @@ def tables(data_dir, model):
             "--train_file", os.path.join(squad, "train-44-articles-v1.1.json"),
             "--validation_file", os.path.join(squad, "dev-v1.1.json"),
             "--max_seq_length", "256", "--doc_stride", "128", "--per_device_train_batch_size", "16",
-            "--per_device_eval_batch_size", "64", "--learning_rate", "1e-4"], method_rows() + recovery_rows(),
+            "--per_device_eval_batch_size", "64", "--learning_rate", "1e-4"],
+            method_rows() + recovery_rows() + int8_rows(),
             "train: 44 articles of the official train set (11,877 questions); eval: the full official dev set "
             "(10,570); max_seq_length 256, doc_stride 128, batch 16, lr 1e-4, 2 epochs for every row (GMP over "
             "epoch 0-1, one-shot at step 0), distillation hardness 1.0, temperature 2.0"),
         "sst2": ("run_glue.py", common + [
             "--task_name", "sst2", "--glue_data_dir", os.path.join(glue, "SST-2"), "--max_seq_length", "64",
             "--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "128", "--learning_rate", "5e-5"],
-            method_rows() + recovery_rows({"init_lr": 5e-5, "final_lr": 5e-6}),
+            method_rows() + recovery_rows({"init_lr": 5e-5, "final_lr": 5e-6}) + int8_rows(),
             "train: the full SST-2 train set (67,349); eval: dev (872); max_seq_length 64, batch 32, lr 5e-5, "
             "2 epochs for every row (GMP over epoch 0-1, one-shot at step 0), distillation hardness 1.0, "
             "temperature 2.0"),
@@ -187,8 +197,8 @@ def run_row(script, common, row, work_dir, table, budget):
 def pruning_epochs(recipe_path, recipe_args) -> float:
     """Epochs over which the recipe raises sparsity (0 for dense and one-shot recipes)."""
     manager = load_recipe(recipe_path, recipe_args)
-    spans = [(m.start_epoch, m.end_epoch) for m in manager.iter_modifiers()
-             if getattr(m, "params", None) and m.init_sparsity != m.final_sparsity]
+    spans = [(m.start_epoch, m.end_epoch) for m in manager.iter_modifiers()  # (constant pruning raises nothing)
+             if getattr(m, "init_sparsity", None) is not None and m.init_sparsity != m.final_sparsity]
     return max(end for _, end in spans) - min(start for start, _ in spans) if spans else 0.0
 
 

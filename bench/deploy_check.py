@@ -1,0 +1,157 @@
+#!/usr/bin/env python
+"""Do our export folders run where users deploy them? Build the deployment environment (DeepSparse 1.8 and its
+transformers pipelines, from bench/deploy-requirements.txt: they cannot share our environment), point DeepSparse's
+own Pipeline at each folder, and compare its answers on real dev examples with our PyTorch model's.
+
+    python bench/deploy_check.py --data_dir ../shared/data --qa bench/work/squad/dense --sst2 bench/work/sst2/dense
+
+Each folder needs what training with --do_onnx_export leaves there: the model (for the PyTorch side), model.onnx,
+config and tokenizer. It passes when at least 99% of the answers agree (QA: the same answer text; SST-2: the same
+label). Results: bench/results/deploy_check.json and .md, one row per folder, FP32 or INT8 as its export says.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH)
+sys.path.insert(0, REPO)
+
+from bench.run import environment  # noqa: E402
+from sparsebert.cli import write_json  # noqa: E402
+
+AGREEMENT = 0.99
+QA_SETTINGS = {"sequence_length": 256, "doc_stride": 128, "max_question_length": 64, "max_answer_length": 30,
+               "n_best_size": 20}
+
+
+def deploy_python(env_dir: str) -> str:
+    """The deployment environment's python, built on first use."""
+    python = os.path.join(env_dir, "bin", "python")
+    if not os.path.isfile(python):
+        print(f"[deploy] building {env_dir} from bench/deploy-requirements.txt", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", env_dir], check=True)
+        subprocess.run([python, "-m", "pip", "install", "-q", "-r", os.path.join(BENCH, "deploy-requirements.txt")],
+                       check=True)
+    return python
+
+
+def squad_examples(data_dir: str, count: int) -> list[dict]:
+    with open(os.path.join(data_dir, "squad", "dev-v1.1.json")) as handle:
+        articles = json.load(handle)["data"]
+    examples = [{"id": qa["id"], "title": article["title"], "context": paragraph["context"], "question": qa["question"],
+                 "answers": {"text": [a["text"] for a in qa["answers"]],
+                             "answer_start": [a["answer_start"] for a in qa["answers"]]}}
+                for article in articles for paragraph in article["paragraphs"] for qa in paragraph["qas"]]
+    return examples[:count]
+
+
+def sst2_examples(data_dir: str, count: int) -> list[dict]:
+    with open(os.path.join(data_dir, "glue", "SST-2", "dev.tsv")) as handle:
+        rows = [line.rstrip("\n").split("\t") for line in handle][1:]
+    return [{"id": str(i), "sentence": sentence} for i, (sentence, _) in enumerate(rows[:count])]
+
+
+def deepsparse_predictions(python, task, folder, examples, settings, work) -> dict:
+    examples_path, predictions_path = os.path.join(work, "examples.json"), os.path.join(work, "deepsparse.json")
+    with open(examples_path, "w") as handle:
+        json.dump(examples, handle)
+    subprocess.run([python, os.path.join(BENCH, "deploy_pipeline.py"), task, folder, examples_path, predictions_path,
+                    json.dumps(settings)], check=True)
+    with open(predictions_path) as handle:
+        return json.load(handle)
+
+
+def pytorch_qa_predictions(folder, examples, work) -> dict:
+    """Our own evaluation of the folder's model (run_qa.py, its post-processing) on the same questions."""
+    data = os.path.join(work, "dev.jsonl")
+    with open(data, "w") as handle:
+        handle.writelines(json.dumps(example) + "\n" for example in examples)
+    output_dir = os.path.join(work, "pytorch")
+    subprocess.run([sys.executable, os.path.join(REPO, "run_qa.py"), "--model_name_or_path", folder,
+                    "--validation_file", data, "--do_eval", "--output_dir", output_dir, "--report_to", "none",
+                    "--max_seq_length", str(QA_SETTINGS["sequence_length"]), "--doc_stride",
+                    str(QA_SETTINGS["doc_stride"]), "--per_device_eval_batch_size", "32", "--disable_tqdm", "true"],
+                   check=True, stdout=subprocess.DEVNULL)
+    with open(os.path.join(output_dir, "eval_predictions.json")) as handle:
+        return json.load(handle)
+
+
+def pytorch_sst2_predictions(folder, examples) -> dict:
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from sparsebert.cli import ModelArguments
+    from sparsebert.pipeline import load_model
+
+    config = AutoConfig.from_pretrained(folder)
+    model = load_model(ModelArguments(model_name_or_path=folder), AutoModelForSequenceClassification, config).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    predictions = {}
+    with torch.no_grad():
+        for example in examples:
+            logits = model(**tokenizer(example["sentence"], return_tensors="pt", truncation=True, max_length=64)).logits
+            predictions[example["id"]] = config.id2label[int(logits.argmax(-1))]
+    return predictions
+
+
+def check_folder(python, task, folder, examples) -> dict:
+    with tempfile.TemporaryDirectory() as work:
+        if task == "qa":
+            theirs = deepsparse_predictions(python, "question-answering", folder, examples, QA_SETTINGS, work)
+            ours = pytorch_qa_predictions(folder, examples, work)
+        else:
+            theirs = deepsparse_predictions(python, "text-classification", folder, examples,
+                                            {"sequence_length": 64}, work)
+            ours = pytorch_sst2_predictions(folder, examples)
+    agree = sum(str(theirs[k]).strip() == str(ours[k]).strip() for k in ours)
+    with open(os.path.join(folder, "onnx_parity.json")) as handle:
+        precision = json.load(handle).get("precision", "fp32")
+    return {"folder": os.path.relpath(folder, REPO), "task": task, "precision": precision, "examples": len(ours),
+            "agreement": agree / len(ours), "passes": agree / len(ours) >= AGREEMENT,
+            "disagreements": {k: {"deepsparse": theirs[k], "pytorch": ours[k]}
+                              for k in ours if str(theirs[k]).strip() != str(ours[k]).strip()}}
+
+
+def markdown(results) -> str:
+    lines = ["| folder | task | precision | examples | same answer | passes (>= 99%) |", "|---|---|---|---|---|---|"]
+    for row in results["folders"]:
+        lines.append(f"| `{row['folder']}` | {row['task']} | {row['precision']} | {row['examples']} | "
+                     f"{100 * row['agreement']:.1f}% | {'yes' if row['passes'] else '**no**'} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", required=True, help="../shared/data")
+    parser.add_argument("--qa", nargs="*", default=[], help="export folders of question-answering models")
+    parser.add_argument("--sst2", nargs="*", default=[], help="export folders of SST-2 models")
+    parser.add_argument("--examples", type=int, default=500, help="dev examples per folder")
+    parser.add_argument("--max_seq_length", type=int, default=QA_SETTINGS["sequence_length"], help="QA windows")
+    parser.add_argument("--doc_stride", type=int, default=QA_SETTINGS["doc_stride"], help="QA window overlap")
+    parser.add_argument("--deploy_env", default=os.path.join(REPO, ".venv-deploy"))
+    parser.add_argument("--results", default=os.path.join(BENCH, "results", "deploy_check"))
+    args = parser.parse_args()
+
+    QA_SETTINGS.update(sequence_length=args.max_seq_length, doc_stride=args.doc_stride)
+    python = deploy_python(args.deploy_env)
+    rows = []
+    for task, folders, examples in (("qa", args.qa, squad_examples), ("sst2", args.sst2, sst2_examples)):
+        for folder in folders:
+            rows.append(check_folder(python, task, os.path.abspath(folder), examples(args.data_dir, args.examples)))
+            print(f"[deploy] {folder}: {100 * rows[-1]['agreement']:.1f}% the same answer", flush=True)
+    results = {"folders": rows, "rule": f"same answer text (QA) or label (SST-2) for >= {AGREEMENT:.0%}",
+               "qa_settings": QA_SETTINGS, "environment": environment()}
+    write_json(f"{args.results}.json", results)
+    with open(f"{args.results}.md", "w") as handle:
+        handle.write(markdown(results) + "\n")
+    print(markdown(results))
+    sys.exit(0 if all(row["passes"] for row in rows) else 1)
+
+
+if __name__ == "__main__":
+    main()
