@@ -82,7 +82,8 @@ def load_training_recipe(sparse_args, training_args, model_args, output_names, r
     for modifier in manager.distillation_modifiers:
         if model_args.teacher is None:
             raise UsageError(f"--nm_prune_config {path}: its !DistillationModifier needs a teacher: pass "
-                             f"--teacher_model_name_or_path (or --distill_teacher) with a model fine-tuned for the task")
+                             f"--teacher_model_name_or_path (or --distill_teacher) with a model fine-tuned for the "
+                             f"task")
         if regression:
             raise UsageError(f"--nm_prune_config {path}: !DistillationModifier matches class distributions, and a "
                              f"regression head has none; drop it and use --teacher_model_name_or_path alone (MSE)")

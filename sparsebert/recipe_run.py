@@ -175,10 +175,9 @@ class RecipeRun:
             free, where = psutil.virtual_memory().available, "available"
         logger.info(f"OBS: the inverse Fisher blocks take {needed / 2**30:.2f} GiB ({free / 2**30:.1f} GiB {where})")
         if needed > free:
-            raise UsageError(f"--nm_prune_config {self.recipe_path}: OBS needs {needed / 2**30:.2f} GiB for its inverse "
-                             f"Fisher blocks (prunable weights x fisher_block_size x 4 bytes) but only "
-                             f"{free / 2**30:.2f} GiB is {where}: "
-                             f"lower fisher_block_size or prune fewer parameters")
+            raise UsageError(f"--nm_prune_config {self.recipe_path}: OBS needs {needed / 2**30:.2f} GiB for its "
+                             f"inverse Fisher blocks (prunable weights x fisher_block_size x 4 bytes) but only "
+                             f"{free / 2**30:.2f} GiB is {where}: lower fisher_block_size or prune fewer parameters")
 
     def wrap_optimizer(self, optimizer, model, steps_per_epoch: int, start_epoch: float, grad_sampler=None):
         """Wrap the optimizer so each step runs the modifiers, the schedule starting at start_epoch (0, or where a

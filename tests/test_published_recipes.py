@@ -27,6 +27,10 @@ def _json(path):
         return json.load(handle)
 
 
+def _f1(output_dir):
+    return _json(output_dir / "eval_results.json")["eval_f1"]
+
+
 def _training_logs(output_dir):
     return [h for h in _json(output_dir / "trainer_state.json")["log_history"] if "loss" in h]
 
@@ -156,7 +160,19 @@ def test_layer_pruning_recipe_saves_a_shallower_model_that_reloads(squad_files, 
     # an evaluation-only run of the saved model reproduces the metrics
     again = tmp_path / "eval"
     run_qa.main(qa_args(str(output_dir), squad_files, again, "--do_eval"))
-    assert _json(again / "eval_results.json")["eval_f1"] == pytest.approx(_json(output_dir / "eval_results.json")["eval_f1"])
+    assert _f1(again) == pytest.approx(_f1(output_dir))
+
+
+def _whole_and_resumed(model_dir, squad_files, tmp_path, checkpoint_step, *recipe_flags):
+    """An uninterrupted run, and another resumed from the first one's checkpoint at checkpoint_step."""
+    common = ["--do_train", "--do_eval", *recipe_flags, "--logging_steps", "1", "--save_strategy", "steps",
+              "--save_steps", str(checkpoint_step)]
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    run_qa.main(qa_args(model_dir, squad_files, whole, *common))
+    resumed.mkdir()
+    shutil.copytree(whole / f"checkpoint-{checkpoint_step}", resumed / f"checkpoint-{checkpoint_step}")
+    run_qa.main(qa_args(model_dir, squad_files, resumed, *common, "--resume_from_checkpoint", "last"))
+    return whole, resumed
 
 
 RESUME_RECIPE = """
@@ -191,14 +207,8 @@ def test_resume_with_lr_and_distillation_modifiers_matches_the_uninterrupted_run
                                                                                   tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(textwrap.dedent(RESUME_RECIPE))
-    common = ["--do_train", "--do_eval", "--recipe", str(recipe), "--distill_teacher", qa_model_dir,
-              "--logging_steps", "1", "--save_strategy", "steps", "--save_steps", "10"]
-    whole = tmp_path / "whole"
-    run_qa.main(qa_args(qa_model_dir, squad_files, whole, *common))
-    resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    shutil.copytree(whole / "checkpoint-10", resumed / "checkpoint-10")
-    run_qa.main(qa_args(qa_model_dir, squad_files, resumed, *common, "--resume_from_checkpoint", "last"))
+    whole, resumed = _whole_and_resumed(qa_model_dir, squad_files, tmp_path, 10, "--recipe", str(recipe),
+                                        "--distill_teacher", qa_model_dir)
 
     def by_step(output_dir, key):
         return {h["step"]: h[key] for h in _training_logs(output_dir) if h["step"] > 10}
@@ -208,7 +218,7 @@ def test_resume_with_lr_and_distillation_modifiers_matches_the_uninterrupted_run
         assert set(got) == set(expected) == set(range(11, 31)), key
         for step in expected:
             assert got[step] == pytest.approx(expected[step], rel=1e-4, abs=1e-6), (key, step)
-    assert _json(resumed / "eval_results.json")["eval_f1"] == pytest.approx(_json(whole / "eval_results.json")["eval_f1"])
+    assert _f1(resumed) == pytest.approx(_f1(whole))
 
 
 def test_prune_quant_recipe_trains_int8_and_reloads_for_evaluation_and_export(qa_model_dir, squad_files, tmp_path):
@@ -232,7 +242,7 @@ def test_prune_quant_recipe_trains_int8_and_reloads_for_evaluation_and_export(qa
     # the saved folder reloads as the same fake-quantized model: evaluation reproduces, export gives integer ops
     again = tmp_path / "again"
     run_qa.main(qa_args(str(output_dir), squad_files, again, "--do_eval", "--do_onnx_export"))
-    assert _json(again / "eval_results.json")["eval_f1"] == pytest.approx(_json(output_dir / "eval_results.json")["eval_f1"])
+    assert _f1(again) == pytest.approx(_f1(output_dir))
     reexported = _json(again / "onnx_parity.json")
     assert reexported["parity_ok"] and reexported["integer_ops"] == parity["integer_ops"]
     assert not os.path.exists("sparse_logs")
@@ -276,15 +286,9 @@ def test_qat_of_a_pruned_model_keeps_its_zeros_and_exports_integer_ops(qa_model_
 def test_resume_after_quantization_started_matches_the_uninterrupted_run(qa_model_dir, squad_files, tmp_path):
     # 15 steps an epoch; QAT from epoch 2 (step 30): the checkpoint at step 40 holds a quantized model, which the
     # resumed run must rebuild before loading it
-    common = ["--do_train", "--do_eval", "--recipe", os.path.join(RECIPES, "80sparsity_qat3epoch.yaml"),
-              "--logging_steps", "1", "--save_strategy", "steps", "--save_steps", "40"]
-    whole = tmp_path / "whole"
-    run_qa.main(qa_args(qa_model_dir, squad_files, whole, *common))
-    resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    shutil.copytree(whole / "checkpoint-40", resumed / "checkpoint-40")
-    run_qa.main(qa_args(qa_model_dir, squad_files, resumed, *common, "--resume_from_checkpoint", "last"))
+    whole, resumed = _whole_and_resumed(qa_model_dir, squad_files, tmp_path, 40,
+                                        "--recipe", os.path.join(RECIPES, "80sparsity_qat3epoch.yaml"))
     losses = {h["step"]: h["loss"] for h in _training_logs(whole) if h["step"] > 40}
     assert {h["step"]: h["loss"] for h in _training_logs(resumed) if h["step"] > 40} == pytest.approx(losses, rel=1e-4)
-    assert _json(resumed / "eval_results.json")["eval_f1"] == pytest.approx(_json(whole / "eval_results.json")["eval_f1"])
+    assert _f1(resumed) == pytest.approx(_f1(whole))
     assert _json(resumed / "sparsity_report.json")["targeted_sparsity"] == pytest.approx(0.8, abs=0.005)

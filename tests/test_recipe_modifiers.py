@@ -232,7 +232,8 @@ def test_unsupported_modifier_is_refused_by_name(tmp_path):
             end_epoch: 1
             update_frequency: 0.5
     """)
-    with pytest.raises(UsageError, match=r"!ACDCPruningModifier \(line 6\) is not supported .*supported: EpochRangeModifier, "
+    with pytest.raises(UsageError, match=r"!ACDCPruningModifier \(line 6\) is not supported "
+                                         r".*supported: EpochRangeModifier, "
                                          r"GMPruningModifier, .*OBSPruningModifier"):
         load_recipe(recipe)
 
