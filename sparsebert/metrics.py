@@ -25,15 +25,15 @@ def exact_match_score(prediction: str, gold: str) -> float:
     return float(normalize_answer(prediction) == normalize_answer(gold))
 
 
-def f1_score(prediction: str, gold: str) -> float:
-    """Token-overlap F1 between normalized answers.
+def f1_score(prediction: str, gold: str, version: int = 1) -> float:
+    """Token-overlap F1 between normalized answers, as each official script computes it.
 
-    SQuAD v1.1 scores an empty side as 0; v2.0 scores it 1 when both are empty (no-answer agreed).
-    Both agree on every case except empty-vs-empty, which only v2.0 can produce.
+    They differ only where a side normalizes to nothing ("the", "."): v1.1 finds no common token and scores 0,
+    v2.0 scores 1 when both are empty (a no-answer agreed) and 0 when one is.
     """
     pred_tokens = normalize_answer(prediction).split()
     gold_tokens = normalize_answer(gold).split()
-    if not pred_tokens or not gold_tokens:
+    if version == 2 and (not pred_tokens or not gold_tokens):
         return float(pred_tokens == gold_tokens)
     common = collections.Counter(pred_tokens) & collections.Counter(gold_tokens)
     num_same = sum(common.values())
@@ -71,7 +71,7 @@ def squad_v2_metrics(predictions: dict, references: dict, no_answer_probability:
     for qid, golds in references.items():
         golds = [g for g in golds if normalize_answer(g)] or [""]
         exact[qid] = _best_over_golds(exact_match_score, predictions[qid], golds)
-        f1[qid] = _best_over_golds(f1_score, predictions[qid], golds)
+        f1[qid] = max(f1_score(predictions[qid], gold, version=2) for gold in golds)
     has_answer = {qid: bool([g for g in golds if normalize_answer(g)]) for qid, golds in references.items()}
     no_answer_probability = no_answer_probability or {qid: 0.0 for qid in references}
 

@@ -58,3 +58,14 @@ def test_v2_best_threshold_sweeps_no_answer_scores():
     assert result["exact_match"] == pytest.approx(50.0)
     assert result["best_exact"] == pytest.approx(100.0)
     assert result["best_exact_thresh"] == pytest.approx(0.2)
+
+
+def test_answers_that_normalize_to_nothing_score_as_each_official_script_does():
+    # the official dev file has golds that are just "." (e.g. 5725bad5271a42140099d0c1): a prediction "the"
+    # normalizes to nothing as well. v1.1's F1 finds no common token (0), its EM compares "" with "" (1);
+    # v2.0 counts an agreed empty answer as a match (1), an empty side against a real answer as 0.
+    assert f1_score("the", ".") == 0.0 and exact_match_score("the", ".") == 1.0
+    assert squad_v1_metrics({"q": "the"}, {"q": ["."]}) == {"exact_match": 100.0, "f1": 0.0}
+    assert f1_score("the", ".", version=2) == 1.0
+    assert f1_score("", "blue", version=2) == 0.0 and f1_score("blue", "", version=2) == 0.0
+    assert f1_score("", "blue") == 0.0
