@@ -146,3 +146,18 @@ def test_prune_distill_drop_layers_and_export_end_to_end(squad_files, tmp_path):
     parts = [h for h in history if "distill_loss" in h]
     assert parts and all(h["student_loss"] > 0 and h["distill_loss"] >= 0 for h in parts)
     assert listing(teacher_dir) is not None
+
+
+def test_the_teacher_shapes_only_the_training_loss(tmp_path):
+    from helpers import random_qa_dataset
+    from sparsebert.trainer import SparseMLTrainer
+
+    data = random_qa_dataset(16)
+    losses = []
+    for teacher in (None, make_bert(hidden_size=32, seed=9)):
+        args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True, disable_tqdm=True,
+                                 per_device_eval_batch_size=8)
+        trainer = SparseMLTrainer(model=make_bert(hidden_size=32), args=args, eval_dataset=data, teacher=teacher,
+                                  logit_keys=("start_logits", "end_logits"), hardness=1.0)
+        losses.append(trainer.evaluate()["eval_loss"])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)  # hardness 1.0 in training; evaluation: the task loss

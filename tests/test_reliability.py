@@ -122,3 +122,12 @@ def test_torchrun_two_processes_follow_the_same_schedule(qa_model_dir, squad_fil
     assert (done.stdout + done.stderr).count("Sparsity after training") == 1  # rank 0 alone reports
     assert _json(double / "config.json")["num_hidden_layers"] == 1
     assert any("distill_loss" in h for h in two["log_history"])
+
+
+def test_last_takes_the_newest_of_several_complete_checkpoints(tmp_path):
+    from sparsebert.pipeline import last_complete_checkpoint
+
+    for step in (10, 20, 100):  # by step number, not by name: "checkpoint-100" sorts before "checkpoint-20"
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-100")
