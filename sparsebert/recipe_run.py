@@ -134,16 +134,28 @@ class RecipeRun:
             logger.info(f"Recipe layer pruning: encoder layers {skipped} removed, {kept} kept")
 
     def initialize(self, model, epoch: float, grad_sampler=None):
-        """Initialize every modifier at `epoch` (0, or where a resumed checkpoint stopped), quantization last:
-        the others find their parameters by the names the recipe gives (`...query.weight`) before quantization
-        wraps the layers (`...query.module.weight`; the parameters themselves stay the same). A run resumed past
-        the start of QAT thus has its quantized structure before the checkpoint's weights load into it."""
+        """Initialize every modifier at `epoch` (0, or where a resumed checkpoint stopped); return the parameters
+        the pruning modifiers took in charge.
+
+        Quantization comes last: the others find their parameters by the names the recipe gives (`...query.weight`)
+        before quantization wraps the layers (`...query.module.weight`; the parameters stay the same objects). A run
+        resumed past the start of QAT thus has its quantized structure before the checkpoint's weights load."""
         kwargs = self._initialize_kwargs(grad_sampler)
         quantizers = quantization_modifiers(self.manager)
         for modifier in self.manager.iter_modifiers():
             if modifier not in quantizers and not modifier.initialized:
                 modifier.initialize(model, epoch, **kwargs)
+        pruned = self.pruned_parameters(model)
         self.manager.initialize(model, epoch, **kwargs)  # the rest: the quantization modifiers
+        return pruned
+
+    def pruned_parameters(self, model) -> list:
+        """The parameters the initialized pruning modifiers hold masks for, as sparseml resolved them (their
+        state_dict has a `<parameter name>.sparsity_mask` per parameter): what the sparsity report covers."""
+        params = dict(model.named_parameters())
+        names = [key.removesuffix(".sparsity_mask") for modifier in self.manager.pruning_modifiers
+                 for key in modifier.state_dict()]
+        return [params[name] for name in dict.fromkeys(names) if name in params]
 
     def _initialize_kwargs(self, grad_sampler=None) -> dict:
         kwargs = {"loggers": quiet_sparseml_loggers()}

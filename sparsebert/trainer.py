@@ -57,7 +57,8 @@ class SparseMLTrainer(Trainer):
             samplers = self.recipe_run.gradient_samplers
             grad_sampler = (gradient_sampler(self.model, self.train_dataset, self.data_collator, samplers[0].num_grads)
                             if samplers else None)
-            self.recipe_run.initialize(self.model, _resumed_epoch(self.args), grad_sampler)
+            # what sparseml itself resolved the recipe's params to (e.g. __ALL_PRUNABLE__) is what gets reported
+            self._targeted = self.recipe_run.initialize(self.model, _resumed_epoch(self.args), grad_sampler)
             self.model.to(self.args.device)  # quantization may have added observers on the CPU
         if self.recipe_run is not None and quantization_modifiers(recipe):
             self.add_callback(FullPrecisionForQuantization(self))

@@ -420,3 +420,53 @@ def test_quantization_aware_training_exports_integer_matmuls(tmp_path, quantize_
     # 12 encoder Linear layers and the QA head; with quantized attention, its two products in each of 2 layers
     assert report["precision"] == "int8" and report["integer_ops"] == {"MatMulInteger": integer_matmuls}
     assert report["parity_ok"], report
+
+
+def test_the_sparsity_report_covers_what_sparseml_prunes_weighted_by_size(tmp_path):
+    # __ALL_PRUNABLE__ is sparseml's to resolve: it takes the embeddings and the QA head too, so the report does
+    recipe = write_recipe(tmp_path, """
+        modifiers:
+          - !EpochRangeModifier
+            start_epoch: 0
+            end_epoch: 1
+          - !GMPruningModifier
+            params: __ALL_PRUNABLE__
+            init_sparsity: 0.5
+            final_sparsity: 0.5
+            start_epoch: 0
+            end_epoch: 1
+            update_frequency: 1.0
+    """)
+    trainer, _, logged = train(tmp_path, recipe)
+    names = trainer.targeted_names
+    assert "bert.embeddings.word_embeddings.weight" in names and "qa_outputs.weight" in names and len(names) == 16
+    assert logged[-1]["sparsity"] == pytest.approx(0.5, abs=0.01)
+
+    # two sparsities: the report weighs each matrix by its size (0.9 on 2 x 2048 weights, 0.3 on 2 x 1024: 0.7,
+    # where a plain mean of the four would say 0.6)
+    recipe = write_recipe(tmp_path, """
+        modifiers:
+          - !EpochRangeModifier
+            start_epoch: 0
+            end_epoch: 1
+          - !GMPruningModifier
+            params: ['re:bert.encoder.layer.\\d+.intermediate.dense.weight']
+            init_sparsity: 0.9
+            final_sparsity: 0.9
+            start_epoch: 0
+            end_epoch: 1
+            update_frequency: 1.0
+          - !GMPruningModifier
+            params: ['re:bert.encoder.layer.\\d+.attention.self.query.weight']
+            init_sparsity: 0.3
+            final_sparsity: 0.3
+            start_epoch: 0
+            end_epoch: 1
+            update_frequency: 1.0
+    """, name="two.yaml")
+    trainer, _, logged = train(tmp_path, recipe)
+    from sparsebert.sparsity import sparsity_report
+
+    report = sparsity_report(trainer.model, trainer.targeted_names)
+    assert report["targeted_sparsity"] == pytest.approx(0.7, abs=0.005)
+    assert logged[-1]["sparsity"] == pytest.approx(0.7, abs=0.005)
