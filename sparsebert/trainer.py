@@ -24,8 +24,8 @@ logger = logging.getLogger(__name__)
 class SparseMLTrainer(Trainer):
     """A Trainer driven by a SparseML recipe.
 
-    recipe: the ScheduledModifierManager, or None to train dense. Its structural modifiers (layer pruning) are
-    applied to the model here, its other modifiers when the optimizer is built.
+    recipe: the ScheduledModifierManager, or None to train dense. Its modifiers act on the model here (layer
+    pruning, then every modifier initialized, quantization last); the optimizer is wrapped when it is built.
     teacher: a frozen model to distill from. With a recipe holding a DistillationModifier the recipe distills from
     it (its hardness and temperature); otherwise our loss does, with `temperature` and `hardness`; logit_keys name
     the outputs to match (("logits",) or ("start_logits", "end_logits")); regression uses MSE instead of KL.
@@ -50,8 +50,7 @@ class SparseMLTrainer(Trainer):
                                         quantize_attention=quantize_attention)
             self.recipe_run.apply_structure(model)
             self.recipe_run.check_fisher_memory(model, device)
-            params = dict(model.named_parameters())
-            self._targeted = [params[name] for name in targeted_parameter_names(recipe, model, recipe_path)]
+            targeted_parameter_names(recipe, model, recipe_path)  # refuses a params pattern that matches nothing
         super().__init__(model=model, args=args, **kwargs)
         if self.recipe_run is not None:
             samplers = self.recipe_run.gradient_samplers
