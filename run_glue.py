@@ -7,15 +7,17 @@ on both its matched and mismatched dev sets.
 """
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, set_seed
 
 from sparsebert import pipeline
-from sparsebert.cli import (ModelArguments, SparseTrainingArguments, SparsificationArguments, UsageError, parse_args,
-                            run_cli, setup_logging)
-from sparsebert.glue import compute_task_metrics, get_task, load_glue_datasets
+from sparsebert.cli import (ModelArguments, SparseTrainingArguments, SparsificationArguments, parse_args, run_cli,
+                            setup_logging)
+from sparsebert.errors import UsageError
+from sparsebert.glue import compute_task_metrics, get_task, label_text, load_glue_datasets, load_glue_test_file
 from sparsebert.layer_dropping import drop_layers_if_asked
 from sparsebert.onnx_export import batch_from_features
 from sparsebert.sparsity import sparsity_report
@@ -40,6 +42,9 @@ class DataTrainingArguments:
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenizing."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training examples."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only this many evaluation examples."})
+    test_file: str | None = field(default=None, metadata={"help": "Rows to predict with --do_predict (the task's "
+                                                                  "text columns; no labels needed)."})
+    max_predict_samples: int | None = field(default=None, metadata={"help": "Predict only this many rows."})
 
 
 def main(argv=None):
@@ -47,7 +52,9 @@ def main(argv=None):
         (ModelArguments, DataTrainingArguments, SparsificationArguments, SparseTrainingArguments), argv)
     setup_logging(training_args)
     task_name, task = get_task(data_args.task_name)
-    pipeline.check_run_args(model_args, sparse_args, training_args)
+    if training_args.do_predict and not data_args.test_file:
+        raise UsageError("--do_predict needs --test_file: the rows to predict (the task's text columns)")
+    pipeline.resolve_run_args(model_args, sparse_args, training_args)
     manager = pipeline.load_training_recipe(sparse_args, training_args, model_args, ("logits",),
                                             regression=task.is_regression)
     set_seed(training_args.seed)
@@ -55,6 +62,8 @@ def main(argv=None):
     need_eval = training_args.do_eval or sparse_args.do_onnx_export
     raw = load_glue_datasets(task_name, task, data_args, model_args.cache_dir, need_train=training_args.do_train,
                              need_eval=need_eval)
+    if training_args.do_predict:
+        raw["test"] = load_glue_test_file(task, data_args.test_file)
     labels = {} if task.is_regression else {"id2label": dict(enumerate(task.label_names)),
                                             "label2id": {n: i for i, n in enumerate(task.label_names)}}
     config_kwargs = {"num_labels": task.num_labels, "finetuning_task": task_name, **labels}
@@ -75,7 +84,8 @@ def main(argv=None):
     splits = {}
     with training_args.main_process_first(desc="dataset preprocessing"):
         for split, dataset in raw.items():
-            limit = data_args.max_train_samples if split == "train" else data_args.max_eval_samples
+            limit = {"train": data_args.max_train_samples, "test": data_args.max_predict_samples}.get(
+                split, data_args.max_eval_samples)
             if limit is not None:
                 dataset = dataset.select(range(min(limit, len(dataset))))
             splits[split] = dataset.map(tokenize, batched=True, num_proc=data_args.preprocessing_num_workers,
@@ -85,10 +95,22 @@ def main(argv=None):
     if training_args.do_train and len(splits["train"]) == 0:
         raise UsageError("the training set is empty (check the training data and --max_train_samples)")
 
+    def predicted(predictions):
+        logits = predictions[0] if isinstance(predictions, tuple) else predictions
+        return np.squeeze(logits, axis=-1) if task.is_regression else np.argmax(logits, axis=-1)
+
     def compute_metrics(prediction):
-        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        predicted = np.squeeze(logits, axis=-1) if task.is_regression else np.argmax(logits, axis=-1)
-        return compute_task_metrics(task, predicted, prediction.label_ids)
+        return compute_task_metrics(task, predicted(prediction.predictions), prediction.label_ids)
+
+    def write_predictions(name, values, labels=None):
+        """index, prediction (and the gold label) per row, as label names: to check or ensemble them."""
+        if trainer.is_world_process_zero():
+            rows = [[str(i), label_text(task, v)] for i, v in enumerate(values)]
+            if labels is not None:
+                rows = [row + [label_text(task, label)] for row, label in zip(rows, labels)]
+            header = ["index", "prediction"] + (["label"] if labels is not None else [])
+            with open(os.path.join(training_args.output_dir, name), "w") as handle:
+                handle.writelines("\t".join(row) + "\n" for row in [header] + rows)
 
     eval_split = task.eval_splits[0]
     trainer = SparseMLTrainer(
@@ -99,14 +121,7 @@ def main(argv=None):
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if training_args.fp16 else None),
         compute_metrics=compute_metrics,
-        recipe=manager,
-        recipe_path=sparse_args.nm_prune_config,
-        teacher=teacher,
-        logit_keys=("logits",),
-        temperature=model_args.temperature,
-        hardness=model_args.distill_hardness,
-        quantize_attention=sparse_args.quantize_attention,
-        regression=task.is_regression,
+        **pipeline.sparsification_kwargs(manager, sparse_args, model_args, teacher),
     )
 
     report = metrics = onnx_report = None
@@ -116,11 +131,21 @@ def main(argv=None):
     if training_args.do_eval:
         metrics = {}
         for split, prefix in zip(task.eval_splits, ("eval", "eval_mm")):  # MNLI: matched, then mismatched
-            split_metrics = trainer.evaluate(eval_dataset=splits[split], metric_key_prefix=prefix)
-            split_metrics[f"{prefix}_samples"] = len(splits[split])
-            metrics.update(split_metrics)
+            if split not in splits:  # MNLI given its matched dev set alone
+                continue
+            output = trainer.predict(splits[split], metric_key_prefix=prefix)
+            metrics.update(output.metrics, **{f"{prefix}_samples": len(splits[split])})
+            write_predictions(f"{prefix}_predictions_{task_name}.txt", predicted(output.predictions),
+                              splits[split]["label"])
+        trainer.log(metrics)  # into the run's log history (and tensorboard) with its epoch, as evaluate() does
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
+
+    if training_args.do_predict:
+        output = trainer.predict(splits["test"], metric_key_prefix="predict")
+        write_predictions(f"predict_results_{task_name}.txt", predicted(output.predictions))
+        logger.info(f"Predictions for {len(splits['test'])} rows of {data_args.test_file} written to "
+                    f"{training_args.output_dir}/predict_results_{task_name}.txt")
 
     if sparse_args.do_onnx_export:
         verify_batch = batch_from_features(splits[eval_split].remove_columns("label"))

@@ -13,14 +13,17 @@ from dataclasses import dataclass, field
 from transformers import AutoModelForQuestionAnswering, DataCollatorWithPadding, set_seed
 
 from sparsebert import pipeline
-from sparsebert.cli import (ModelArguments, SparseTrainingArguments, SparsificationArguments, UsageError, parse_args,
-                            run_cli, setup_logging, write_json)
+from sparsebert.cli import (ModelArguments, SparseTrainingArguments, SparsificationArguments, parse_args, run_cli,
+                            setup_logging)
+from sparsebert.errors import UsageError
+from sparsebert.jsonfile import write_json
 from sparsebert.layer_dropping import drop_layers_if_asked
 from sparsebert.metrics import squad_v1_metrics, squad_v2_metrics
 from sparsebert.onnx_export import batch_from_features
 from sparsebert.sparsity import sparsity_report
 from trainer_qa import QuestionAnsweringTrainer
-from utils_qa import drop_misaligned_answers, load_squad_datasets, postprocess_qa_predictions, tokenize_squad
+from utils_qa import (check_doc_stride, drop_misaligned_answers, load_squad_datasets, postprocess_qa_predictions,
+                      tokenize_squad)
 
 logger = logging.getLogger(__name__)
 
@@ -47,16 +50,19 @@ class DataTrainingArguments:
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training examples."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only this many evaluation examples."})
+    test_file: str | None = field(default=None, metadata={"help": "Questions to answer with --do_predict (the "
+                                                                  "formats above; answers not needed)."})
+    max_predict_samples: int | None = field(default=None, metadata={"help": "Answer only this many questions."})
 
     def check(self):
+        """What no data can make right; the stride is checked against the questions themselves once they are read
+        (utils_qa.check_doc_stride), as ordinary questions are far shorter than --max_query_length."""
         if self.max_query_length + 3 >= self.max_seq_length:
             raise UsageError(f"--max_query_length {self.max_query_length} leaves no room for context in "
                              f"--max_seq_length {self.max_seq_length}")
-        room = self.max_seq_length - self.max_query_length - 3  # tokens left for context after question, CLS, 2 SEP
-        if self.doc_stride >= room:
-            raise UsageError(f"--doc_stride {self.doc_stride} is too large for --max_seq_length {self.max_seq_length}: "
-                             f"windows hold at most {room} context tokens after a {self.max_query_length}-token "
-                             f"question, so the stride must be smaller than that")
+        if self.doc_stride >= self.max_seq_length:
+            raise UsageError(f"--doc_stride {self.doc_stride} must be smaller than --max_seq_length "
+                             f"{self.max_seq_length}")
 
 
 def main(argv=None):
@@ -64,12 +70,15 @@ def main(argv=None):
         (ModelArguments, DataTrainingArguments, SparsificationArguments, SparseTrainingArguments), argv)
     setup_logging(training_args)
     data_args.check()
-    pipeline.check_run_args(model_args, sparse_args, training_args)
+    if training_args.do_predict and not data_args.test_file:
+        raise UsageError("--do_predict needs --test_file: the questions to answer (SQuAD JSON or rows)")
+    pipeline.resolve_run_args(model_args, sparse_args, training_args)
     manager = pipeline.load_training_recipe(sparse_args, training_args, model_args, QA_OUTPUTS)
     set_seed(training_args.seed)
 
     need_eval = training_args.do_eval or sparse_args.do_onnx_export
-    raw = load_squad_datasets(data_args, model_args.cache_dir, need_train=training_args.do_train, need_eval=need_eval)
+    raw = load_squad_datasets(data_args, model_args.cache_dir, need_train=training_args.do_train, need_eval=need_eval,
+                              need_test=training_args.do_predict)
     tokenizer, config = pipeline.load_tokenizer_and_config(model_args)
     pipeline.check_max_seq_length(data_args.max_seq_length, config)
     model = pipeline.load_model(model_args, AutoModelForQuestionAnswering, config)
@@ -77,18 +86,24 @@ def main(argv=None):
     teacher = (pipeline.load_teacher(model_args, AutoModelForQuestionAnswering, tokenizer, manager)
                if training_args.do_train else None)
 
-    train_dataset = eval_examples = eval_dataset = None
+    train_dataset = eval_examples = eval_dataset = test_examples = test_dataset = None
     with training_args.main_process_first(desc="dataset preprocessing"):
         if training_args.do_train:
             train_examples = _take(raw, "train", data_args.max_train_samples)
             train_examples = drop_misaligned_answers(train_examples)
+            check_doc_stride(train_examples, tokenizer, data_args, "training")
             train_dataset = tokenize_squad(train_examples, tokenizer, data_args, train=True)
             if len(train_dataset) == 0:
                 raise UsageError("the training set is empty after preprocessing (check --train_file and "
                                  "--max_train_samples)")
         if need_eval:
             eval_examples = _take(raw, "validation", data_args.max_eval_samples)
+            check_doc_stride(eval_examples, tokenizer, data_args, "evaluation")
             eval_dataset = tokenize_squad(eval_examples, tokenizer, data_args, train=False)
+        if training_args.do_predict:
+            test_examples = _take(raw, "test", data_args.max_predict_samples)
+            check_doc_stride(test_examples, tokenizer, data_args, "test")
+            test_dataset = tokenize_squad(test_examples, tokenizer, data_args, train=False)
 
     def post_process(examples, features, raw_predictions):
         answers, null_score_diffs = postprocess_qa_predictions(
@@ -115,13 +130,7 @@ def main(argv=None):
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if training_args.fp16 else None),
         post_process_function=post_process,
         compute_metrics=compute_metrics,
-        recipe=manager,
-        recipe_path=sparse_args.nm_prune_config,
-        teacher=teacher,
-        logit_keys=QA_OUTPUTS,
-        temperature=model_args.temperature,
-        hardness=model_args.distill_hardness,
-        quantize_attention=sparse_args.quantize_attention,
+        **pipeline.sparsification_kwargs(manager, sparse_args, model_args, teacher),
     )
 
     report = metrics = onnx_report = None
@@ -129,16 +138,27 @@ def main(argv=None):
         report = pipeline.train_and_save(trainer, training_args, sparse_args, manager, tokenizer, len(train_examples))
 
     if training_args.do_eval:
-        metrics = trainer.evaluate()
-        metrics["eval_samples"] = len(eval_examples)
+        evaluated = trainer.predict(eval_dataset, eval_examples, metric_key_prefix="eval")
+        metrics = dict(evaluated.metrics, eval_samples=len(eval_examples))
+        trainer.log(metrics)  # into the run's log history (and tensorboard) with its epoch, as evaluate() does
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
         if trainer.is_world_process_zero():
             write_json(os.path.join(training_args.output_dir, "eval_predictions.json"),
-                       trainer.last_predictions["answers"])
+                       evaluated.predictions["answers"])
             if data_args.version_2_with_negative:
                 write_json(os.path.join(training_args.output_dir, "eval_null_odds.json"),
-                           trainer.last_predictions["null_score_diffs"])
+                           evaluated.predictions["null_score_diffs"])
+
+    if training_args.do_predict:
+        answered = trainer.predict(test_dataset, test_examples, metric_key_prefix="predict", labeled=False)
+        if trainer.is_world_process_zero():
+            path = os.path.join(training_args.output_dir, "predict_predictions.json")
+            write_json(path, answered.predictions["answers"])
+            if data_args.version_2_with_negative:
+                write_json(os.path.join(training_args.output_dir, "predict_null_odds.json"),
+                           answered.predictions["null_score_diffs"])
+            logger.info(f"Answers to {len(test_examples)} questions of {data_args.test_file} written to {path}")
 
     if sparse_args.do_onnx_export:
         verify_batch = batch_from_features(eval_dataset)

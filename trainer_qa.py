@@ -14,9 +14,8 @@ class QuestionAnsweringTrainer(SparseMLTrainer):
         super().__init__(*args, **kwargs)
         self.eval_examples = eval_examples
         self.post_process_function = post_process_function
-        self.last_predictions = None  # the post-processed predictions of the latest evaluate/predict
 
-    def _run_and_post_process(self, dataset, examples, description, ignore_keys, metric_key_prefix):
+    def _run_and_post_process(self, dataset, examples, description, ignore_keys, metric_key_prefix, labeled=True):
         # compute_metrics needs the examples, not the raw logits: keep the loop from calling it
         compute_metrics, self.compute_metrics = self.compute_metrics, None
         start_time = time.time()
@@ -26,11 +25,11 @@ class QuestionAnsweringTrainer(SparseMLTrainer):
         finally:
             self.compute_metrics = compute_metrics
         predictions = self.post_process_function(examples, dataset, output.predictions)
-        metrics = {f"{metric_key_prefix}_{k}": v for k, v in compute_metrics(predictions).items()}
+        scores = compute_metrics(predictions) if labeled and compute_metrics is not None else {}
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in scores.items()}
         batch_size = self.args.eval_batch_size * self.args.world_size
         metrics.update(speed_metrics(metric_key_prefix, start_time, num_samples=output.num_samples,
                                      num_steps=math.ceil(output.num_samples / batch_size)))
-        self.last_predictions = predictions
         return predictions, metrics
 
     def evaluate(self, eval_dataset=None, eval_examples=None, ignore_keys=None, metric_key_prefix="eval"):
@@ -41,7 +40,9 @@ class QuestionAnsweringTrainer(SparseMLTrainer):
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
-    def predict(self, predict_dataset, predict_examples, ignore_keys=None, metric_key_prefix="test"):
+    def predict(self, predict_dataset, predict_examples, ignore_keys=None, metric_key_prefix="test", labeled=True):
+        """The post-processed predictions (answer texts by question id) with their metrics (timings only for
+        questions without answers: labeled=False)."""
         predictions, metrics = self._run_and_post_process(predict_dataset, predict_examples, "Prediction",
-                                                          ignore_keys, metric_key_prefix)
+                                                          ignore_keys, metric_key_prefix, labeled)
         return PredictionOutput(predictions=predictions, label_ids=None, metrics=metrics)

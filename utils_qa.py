@@ -10,7 +10,7 @@ import os
 import numpy as np
 from datasets import Dataset, DatasetDict, load_dataset
 
-from sparsebert.cli import UsageError
+from sparsebert.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -22,10 +22,12 @@ SQUAD_COLUMNS = ("id", "title", "context", "question", "answers")
 # --------------------------------------------------------------------------------------------------
 
 
-def load_squad_datasets(data_args, cache_dir=None, need_train=True, need_eval=True) -> DatasetDict:
-    """The splits the run needs, from local files when given, else from the Hub."""
+def load_squad_datasets(data_args, cache_dir=None, need_train=True, need_eval=True, need_test=False) -> DatasetDict:
+    """The splits the run needs, from local files when given, else from the Hub; the questions to predict
+    (--test_file, answers not needed) always from a file."""
     wanted = {"train": (need_train, "--train_file", data_args.train_file),
               "validation": (need_eval, "--validation_file", data_args.validation_file)}
+    test = {"test": load_squad_file(data_args.test_file, "--test_file", labeled=False)} if need_test else {}
     if any(path for _, _, path in wanted.values()):
         splits = {}
         for split, (needed, flag, path) in wanted.items():
@@ -33,13 +35,17 @@ def load_squad_datasets(data_args, cache_dir=None, need_train=True, need_eval=Tr
                 splits[split] = load_squad_file(path, flag)
             elif needed:
                 raise UsageError(f"{flag} is required: the run needs a {split} split and other splits come from files")
-        return DatasetDict(splits)
-    return load_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=cache_dir)
+        return DatasetDict({**splits, **test})
+    if not (need_train or need_eval):
+        return DatasetDict(test)
+    hub = load_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=cache_dir)
+    return DatasetDict({**hub, **test})
 
 
-def load_squad_file(path: str, flag: str = "data file") -> Dataset:
+def load_squad_file(path: str, flag: str = "data file", labeled: bool = True) -> Dataset:
     """A SQuAD split from (a) an official file (data -> paragraphs -> qas, v1.1 or v2.0), or (b) flattened
-    rows with the Hugging Face `squad` columns, as a JSON list, {"data": [rows]}, or JSON Lines (.gz ok)."""
+    rows with the Hugging Face `squad` columns, as a JSON list, {"data": [rows]}, or JSON Lines (.gz ok).
+    Unlabeled rows (questions to predict) may leave out the answers."""
     if not os.path.isfile(path):
         raise UsageError(f"{flag} {path}: no such file")
     opener = gzip.open if path.endswith(".gz") else open
@@ -47,7 +53,7 @@ def load_squad_file(path: str, flag: str = "data file") -> Dataset:
         with opener(path, "rt", encoding="utf-8") as handle:
             text = handle.read()
     except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"{flag} {path}: cannot read it ({err})") from None
+        raise UsageError(f"{flag} {path}: cannot read it ({err})") from err
     try:
         document = json.loads(text)
     except json.JSONDecodeError as whole_err:
@@ -65,7 +71,7 @@ def load_squad_file(path: str, flag: str = "data file") -> Dataset:
     else:
         raise UsageError(f"{flag} {path}: expected SQuAD JSON (data -> paragraphs -> qas) or rows with the columns "
                          f"{', '.join(SQUAD_COLUMNS)}")
-    return Dataset.from_dict(_flat_squad_columns(rows, path, flag))
+    return Dataset.from_dict(_flat_squad_columns(rows, path, flag, labeled))
 
 
 def _parse_json_lines(text, path, flag, whole_err):
@@ -77,7 +83,7 @@ def _parse_json_lines(text, path, flag, whole_err):
             except json.JSONDecodeError as err:
                 culprit = whole_err if number == 1 else err
                 where = f"line {culprit.lineno}" if number == 1 else f"line {number}"
-                raise UsageError(f"{flag} {path}: not valid JSON or JSON Lines ({where}: {culprit.msg})") from None
+                raise UsageError(f"{flag} {path}: not valid JSON or JSON Lines ({where}: {culprit.msg})") from err
     return rows
 
 
@@ -98,14 +104,14 @@ def _official_squad_columns(articles, path, flag) -> dict:
                                                "answer_start": [int(a["answer_start"]) for a in answers]})
     except (KeyError, TypeError) as err:
         raise UsageError(f"{flag} {path}: malformed SQuAD article {article.get('title', '?')!r} "
-                         f"(missing or wrong field {err})") from None
+                         f"(missing or wrong field {err})") from err
     return columns
 
 
-def _flat_squad_columns(rows, path, flag) -> dict:
+def _flat_squad_columns(rows, path, flag, labeled=True) -> dict:
     if not rows:
         raise UsageError(f"{flag} {path}: holds no examples")
-    required = ("id", "context", "question", "answers")
+    required = ("id", "context", "question", "answers") if labeled else ("id", "context", "question")
     missing = [name for name in required if not isinstance(rows[0], dict) or name not in rows[0]]
     if missing:
         raise UsageError(f"{flag} {path}: missing the column(s) {', '.join(missing)} "
@@ -113,14 +119,14 @@ def _flat_squad_columns(rows, path, flag) -> dict:
     columns = {name: [] for name in SQUAD_COLUMNS}
     for number, row in enumerate(rows, start=1):
         try:
-            answers = row["answers"]
+            answers = row["answers"] if labeled or "answers" in row else {"text": [], "answer_start": []}
             if isinstance(answers, list):  # [{"text", "answer_start"}, ...]
                 answers = {"text": [a["text"] for a in answers], "answer_start": [a["answer_start"] for a in answers]}
             answers = {"text": list(answers["text"]), "answer_start": [int(s) for s in answers["answer_start"]]}
             for name in ("id", "context", "question"):
                 columns[name].append(str(row[name]))
         except (KeyError, TypeError, ValueError) as err:
-            raise UsageError(f"{flag} {path}: row {number} is malformed (field {err})") from None
+            raise UsageError(f"{flag} {path}: row {number} is malformed (field {err})") from err
         columns["title"].append(row.get("title", ""))
         columns["answers"].append(answers)
     return columns
@@ -159,6 +165,22 @@ def _truncate_questions(questions, tokenizer, max_query_length):
     encoded = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True)
     return [q if len(offsets) <= max_query_length else q[:offsets[max_query_length - 1][1]]
             for q, offsets in zip(questions, encoded["offset_mapping"])]
+
+
+def check_doc_stride(examples, tokenizer, data_args, split: str):
+    """Each window holds the question, the special tokens and a piece of context that overlaps the next by
+    --doc_stride tokens, so the stride must stay below the room the longest question (as truncated) leaves."""
+    if len(examples) == 0:
+        return  # nothing to tokenize (an empty training set is refused after this)
+    lengths = [len(ids) for ids in tokenizer([q.lstrip() for q in examples["question"]],
+                                             add_special_tokens=False)["input_ids"]]
+    longest = min(max(lengths, default=0), data_args.max_query_length)
+    room = data_args.max_seq_length - longest - tokenizer.num_special_tokens_to_add(pair=True)
+    if data_args.doc_stride >= room:
+        raise UsageError(f"--doc_stride {data_args.doc_stride} is too large for --max_seq_length "
+                         f"{data_args.max_seq_length}: the longest {split} question ({longest} tokens, after "
+                         f"--max_query_length {data_args.max_query_length}) leaves {room} context tokens per window; "
+                         f"the stride must be smaller than that")
 
 
 def _tokenize(examples, tokenizer, data_args):

@@ -22,7 +22,7 @@ REPO = os.path.dirname(BENCH)
 sys.path.insert(0, REPO)
 
 from bench.run import environment  # noqa: E402
-from sparsebert.cli import write_json  # noqa: E402
+from sparsebert.jsonfile import write_json  # noqa: E402
 
 AGREEMENT = 0.99
 QA_SETTINGS = {"sequence_length": 256, "doc_stride": 128, "max_question_length": 64, "max_answer_length": 30,

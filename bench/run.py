@@ -25,7 +25,7 @@ REPO = os.path.dirname(BENCH)
 sys.path.insert(0, REPO)
 
 from bench.report import regenerate  # noqa: E402
-from sparsebert.cli import write_json  # noqa: E402
+from sparsebert.jsonfile import write_json  # noqa: E402
 from sparsebert.pipeline import last_complete_checkpoint  # noqa: E402
 from sparsebert.recipe import load_recipe  # noqa: E402
 
@@ -70,11 +70,12 @@ def recovery_rows(lr_args=None):
 
 
 def int8_rows():
-    """INT8: one epoch of quantization-aware training (recipes/qat1epoch.yaml, zeros held) on the dense model and
-    on the distilled GMP rows, distilling from the dense model as they did: INT8 against the same FP32 row."""
+    """INT8: one epoch of quantization-aware training (recipes/qat1epoch.yaml as shipped, zeros held) on the dense
+    model and on the OBS rows pruned from it, distilling from the dense model as they did: INT8 against the same
+    FP32 row."""
     rows = [Row("dense_int8", "qat1epoch.yaml", "dense + INT8", start_from="dense")]
-    rows += [Row(f"gmp{s}_distill_int8", "qat1epoch.yaml", "GMP + INT8", teacher="dense", start_from=f"gmp{s}_distill")
-             for s in (80, 90)]
+    rows += [Row(f"ft_obs{s}_distill_int8", "qat1epoch.yaml", "OBS from fine-tuned + INT8", teacher="dense",
+                 start_from=f"ft_obs{s}_distill") for s in (80, 90)]
     return rows
 
 

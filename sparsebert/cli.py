@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from dataclasses import dataclass, field
 
 import datasets
@@ -12,28 +13,35 @@ import torch
 import transformers
 from transformers import HfArgumentParser, TrainingArguments
 
+from sparsebert.errors import CheckFailed, Interrupted, UsageError
+
 logger = logging.getLogger("sparsebert")
 
 
-class UsageError(Exception):
-    """Bad input from the user: reported as one line naming the culprit, exit status 2, nothing written."""
-
-
-class CheckFailed(Exception):
-    """The run did its work but a check of the result failed (an ONNX file that disagrees with PyTorch): its
-    outputs stay for inspection, the exit status is 1."""
+TRACEBACK_VARIABLE = "SPARSEBERT_TRACEBACK"
 
 
 def run_cli(main):
-    """Call main(); a UsageError becomes a one-line message on stderr and exit status 2, a CheckFailed exit 1."""
+    """Call main(); a UsageError becomes a one-line message on stderr and exit status 2, a CheckFailed exit 1.
+    With --log_level debug (or SPARSEBERT_TRACEBACK=1) the traceback comes first, with the error that caused it."""
     try:
         return main()
-    except UsageError as err:
+    except (UsageError, CheckFailed) as err:
+        if wants_traceback(sys.argv[1:]):
+            traceback.print_exception(err, file=sys.stderr)
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except CheckFailed as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(2 if isinstance(err, UsageError) else 1)
+    except Interrupted as stop:  # the checkpoint is saved and the way to resume logged
+        sys.exit(128 + stop.signum)
+
+
+def wants_traceback(argv) -> bool:
+    if os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0"):
+        return True
+    for position, flag in enumerate(argv):
+        if flag == "--log_level=debug" or (flag == "--log_level" and argv[position + 1:position + 2] == ["debug"]):
+            return True
+    return False
 
 
 @dataclass
@@ -102,7 +110,7 @@ class SparsificationArguments:
         try:
             variables = json.loads(self.recipe_args)
         except json.JSONDecodeError as err:
-            raise UsageError(f"--recipe_args is not valid JSON ({err.msg}): {self.recipe_args}") from None
+            raise UsageError(f"--recipe_args is not valid JSON ({err.msg}): {self.recipe_args}") from err
         if not isinstance(variables, dict):
             raise UsageError(f"--recipe_args must be a JSON object of variable names to values: {self.recipe_args}")
         return variables
@@ -110,35 +118,67 @@ class SparsificationArguments:
 
 @dataclass
 class SparseTrainingArguments(TrainingArguments):
-    """TrainingArguments with one fix for torchrun on CPU: there, the Trainer's default backend leaves every
-    process training alone on all the data (twice the optimizer steps the recipe expects, both processes
-    writing the outputs); gloo makes them one data-parallel run."""
+    """TrainingArguments with two rules for training on several processes. Sharded training is refused: FSDP
+    and DeepSpeed ZeRO split each weight across processes, while sparseml's modifiers hold references to the
+    whole parameters, so masks would be lost (sparseml issue #1807). And on CPU, torchrun processes are made one
+    data-parallel run (use_cpu, gloo): by default each trained alone, its own copy of the model."""
 
     def __post_init__(self):
+        for flag, value in (("--fsdp", self.fsdp), ("--deepspeed", self.deepspeed)):
+            if value:
+                raise UsageError(f"{flag} is not supported: sharded training splits each weight across processes and "
+                                 f"sparseml's masks would be lost (sparseml #1807); use data parallel training "
+                                 f"(torchrun, without {flag}), which keeps a whole model on each process")
         distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        if distributed and self.ddp_backend is None and not torch.cuda.is_available():
-            self.ddp_backend = "gloo"
+        if distributed and not torch.cuda.is_available():
+            # accelerate only makes CPU processes one DDP run when told they are on the CPU; otherwise each
+            # trains its own copy on its shard of the data, and evaluation gathers nothing from the others
+            self.use_cpu = True
+            self.ddp_backend = self.ddp_backend or "gloo"
         super().__post_init__()
 
 
+LOGS_PER_RUN = 50  # unless --logging_steps is given: the loss and the schedule show in a run of any length
+
+
 def parse_args(dataclass_types, argv=None):
-    """Parse flags into the dataclasses (TrainingArguments last); a single .json argument is a file of them."""
+    """Parse flags into the dataclasses (TrainingArguments last); a single .json argument is a file of them.
+    The TrainingArguments remember which flags the user gave (given_flags), so that a default is never reported
+    as the user's choice, and get this project's run defaults where the user set nothing."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = HfArgumentParser(dataclass_types)
     if len(argv) == 1 and argv[0].endswith(".json"):
         if not os.path.isfile(argv[0]):
             raise UsageError(f"argument file {argv[0]}: no such file")
         try:
-            return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+            parsed = parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+            with open(argv[0]) as handle:
+                given = set(json.load(handle))
         except json.JSONDecodeError as err:
-            raise UsageError(f"argument file {argv[0]}: not valid JSON ({err})") from None
+            raise UsageError(f"argument file {argv[0]}: not valid JSON ({err})") from err
         except ValueError as err:
-            raise UsageError(f"argument file {argv[0]}: {err}") from None
-    try:
-        return parser.parse_args_into_dataclasses(args=argv)
-    except ValueError as err:  # flags no dataclass knows: HfArgumentParser raises rather than exits
-        raise UsageError(str(err).replace("Some specified arguments are not used by the HfArgumentParser",
-                                          "unknown argument(s)")) from None
+            raise UsageError(f"argument file {argv[0]}: {err}") from err
+    else:
+        try:
+            parsed = parser.parse_args_into_dataclasses(args=argv)
+        except ValueError as err:  # flags no dataclass knows: HfArgumentParser raises rather than exits
+            raise UsageError(str(err).replace("Some specified arguments are not used by the HfArgumentParser",
+                                              "unknown argument(s)")) from err
+        given = {arg[2:].split("=", 1)[0].replace("-", "_") for arg in argv if arg.startswith("--")}
+    for args in parsed:
+        if isinstance(args, TrainingArguments):
+            args.given_flags = frozenset(given)
+            if "output_dir" not in given:  # the Trainer would fall back to ./trainer_output
+                raise UsageError("--output_dir is required: the folder for the model, its metrics and its ONNX file")
+            if "logging_steps" not in given:
+                args.logging_steps = 1 / LOGS_PER_RUN  # the Trainer reads a fraction as a share of the run's steps
+    return parsed
+
+
+def flag_given(args, name: str) -> bool:
+    """Whether the user set --name (True when unknown: arguments built in code rather than parsed)."""
+    given = getattr(args, "given_flags", None)
+    return given is None or name in given
 
 
 def setup_logging(training_args: TrainingArguments):
@@ -183,12 +223,3 @@ def _check_writable(path: str, flag: str):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"{flag} {path}: cannot write there ({existing} is not a writable folder)")
-
-
-def write_json(path: str, data):
-    """Write JSON whole or not at all: to a temporary file, then renamed over the target."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=False)
-        handle.write("\n")
-    os.replace(tmp, path)

@@ -5,7 +5,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from sparsebert.cli import UsageError
+from sparsebert.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -18,18 +18,16 @@ def soft_kl(student_logits, teacher_logits, temperature: float):
     return F.kl_div(student_log_probs, teacher_probs, reduction="batchmean") * temperature**2
 
 
-def distillation_loss(student_outputs, teacher_outputs, logit_keys, temperature: float, regression=False):
-    """The teacher's part of the loss, averaged over the model's heads (start and end for QA).
+def distillation_loss(student_outputs, teacher_outputs, temperature: float):
+    """The teacher's part of the loss, averaged over the model's `*logits` outputs (start and end for QA).
 
-    Regression heads (STS-B) have no distribution to match: their part is the MSE to the teacher's score.
+    A one-value regression head (STS-B) has no distribution to match: its part is the MSE to the teacher's score.
     """
     parts = []
-    for key in logit_keys:
-        student, teacher = student_outputs[key], teacher_outputs[key].detach()
-        if regression:
-            parts.append(F.mse_loss(student.float(), teacher.float()))
-        else:
-            parts.append(soft_kl(student.float(), teacher.float(), temperature))
+    for key in [key for key in student_outputs.keys() if key.endswith("logits")]:
+        student, teacher = student_outputs[key].float(), teacher_outputs[key].detach().float()
+        regression = student.shape[-1] == 1
+        parts.append(F.mse_loss(student, teacher) if regression else soft_kl(student, teacher, temperature))
     return sum(parts) / len(parts)
 
 

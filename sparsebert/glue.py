@@ -4,13 +4,16 @@ files with the Hugging Face `glue` columns, or from a task folder of the origina
 import csv
 import gzip
 import json
+import logging
 import os
 from dataclasses import dataclass
 
 from datasets import Dataset, DatasetDict, load_dataset
 
-from sparsebert.cli import UsageError
+from sparsebert.errors import UsageError
 from sparsebert.metrics import glue_metrics
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -78,14 +81,21 @@ def load_glue_datasets(task_name: str, task: GlueTask, data_args, cache_dir=None
                        need_eval=True) -> DatasetDict:
     """The splits the run needs: train, and the task's evaluation split(s)."""
     wanted = (["train"] if need_train else []) + (list(task.eval_splits) if need_eval else [])
+    second = task.eval_splits[1] if len(task.eval_splits) > 1 else None  # MNLI's mismatched dev set
     if data_args.glue_data_dir:
-        return DatasetDict({split: _read_tsv(task, os.path.join(data_args.glue_data_dir, _TSV_FILES[split]))
-                            for split in wanted})
+        paths = {split: os.path.join(data_args.glue_data_dir, _TSV_FILES[split]) for split in wanted}
+        if second in paths and not os.path.isfile(paths[second]):
+            logger.warning(f"{task_name}: no {paths[second]}: evaluating on the matched dev set alone")
+            del paths[second]
+        return DatasetDict({split: _read_tsv(task, path) for split, path in paths.items()})
     files = {"train": ("--train_file", data_args.train_file),
              task.eval_splits[0]: ("--validation_file", data_args.validation_file)}
-    if len(task.eval_splits) > 1:
-        files[task.eval_splits[1]] = ("--validation_mismatched_file", data_args.validation_mismatched_file)
+    if second:
+        files[second] = ("--validation_mismatched_file", data_args.validation_mismatched_file)
     if any(path for _, path in files.values()):
+        if second in wanted and not files[second][1] and files[task.eval_splits[0]][1]:
+            logger.warning(f"{task_name}: no --validation_mismatched_file: evaluating on the matched dev set alone")
+            wanted.remove(second)
         for split in wanted:
             flag, path = files[split]
             if not path:
@@ -123,7 +133,34 @@ def _read_tsv(task: GlueTask, path: str) -> Dataset:
     return _checked(task, Dataset.from_dict(rows), flag)
 
 
+def load_glue_test_file(task: GlueTask, path: str, flag: str = "--test_file") -> Dataset:
+    """Rows to predict, labels unknown: the task's text columns (a label column, if there is one, is ignored)."""
+    rows = _parse_rows_file(path, flag)
+    missing = [c for c in task.text_columns if c not in rows[0]]
+    if missing:
+        raise UsageError(f"{flag} {path}: missing the column(s) {', '.join(missing)} that task needs "
+                         f"({', '.join(task.text_columns)})")
+    return Dataset.from_dict({c: ["" if row.get(c) is None else str(row.get(c)) for row in rows]
+                              for c in task.text_columns})
+
+
+def label_text(task: GlueTask, value) -> str:
+    """A prediction as the original GLUE files write it: the label's name, or the score to 3 decimals."""
+    return f"{float(value):.3f}" if task.is_regression else task.label_names[int(value)]
+
+
 def _read_rows_file(task: GlueTask, path: str, flag: str) -> Dataset:
+    rows = _parse_rows_file(path, flag)
+    needed = list(task.text_columns) + ["label"]
+    missing = [c for c in needed if c not in rows[0]]
+    if missing:
+        raise UsageError(f"{flag} {path}: missing the column(s) {', '.join(missing)} that task needs "
+                         f"({', '.join(needed)})")
+    columns = {c: [row.get(c) for row in rows] for c in needed}
+    return _checked(task, Dataset.from_dict(columns), f"{flag} {path}")
+
+
+def _parse_rows_file(path: str, flag: str) -> list:
     """CSV (with a header), JSON (a list of rows, or {"data": rows}) or JSON Lines, optionally gzipped."""
     if not os.path.isfile(path):
         raise UsageError(f"{flag} {path}: no such file")
@@ -142,16 +179,10 @@ def _read_rows_file(task: GlueTask, path: str, flag: str) -> Dataset:
                 except json.JSONDecodeError:
                     rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as err:
-        raise UsageError(f"{flag} {path}: cannot parse it ({err})") from None
+        raise UsageError(f"{flag} {path}: cannot parse it ({err})") from err
     if not rows:
         raise UsageError(f"{flag} {path}: holds no examples")
-    needed = list(task.text_columns) + ["label"]
-    missing = [c for c in needed if c not in rows[0]]
-    if missing:
-        raise UsageError(f"{flag} {path}: missing the column(s) {', '.join(missing)} that task needs "
-                         f"({', '.join(needed)})")
-    columns = {c: [row.get(c) for row in rows] for c in needed}
-    return _checked(task, Dataset.from_dict(columns), f"{flag} {path}")
+    return rows
 
 
 def _checked(task: GlueTask, dataset: Dataset, source: str) -> Dataset:

@@ -6,7 +6,7 @@ import logging
 import torch
 from sparseml.pytorch.nn import Identity as SparsemlIdentity
 
-from sparsebert.cli import UsageError
+from sparsebert.errors import UsageError
 
 logger = logging.getLogger(__name__)
 

@@ -122,35 +122,28 @@ def accuracy(predictions, labels) -> float:
 
 def binary_f1(predictions, labels) -> float:
     """F1 of the positive class (label 1), as GLUE scores MRPC and QQP."""
-    predictions, labels = np.asarray(predictions), np.asarray(labels)
-    true_positive = int(np.sum((predictions == 1) & (labels == 1)))
-    predicted, actual = int(np.sum(predictions == 1)), int(np.sum(labels == 1))
-    if true_positive == 0:
-        return 0.0
-    precision, recall = true_positive / predicted, true_positive / actual
-    return 2 * precision * recall / (precision + recall)
+    from sklearn.metrics import f1_score as sklearn_f1
+
+    return float(sklearn_f1(labels, predictions, zero_division=0.0))
 
 
 def matthews_correlation(predictions, labels) -> float:
-    """Matthews correlation of binary predictions (CoLA); 0 when a row or column of the confusion matrix is empty."""
-    predictions, labels = np.asarray(predictions), np.asarray(labels)
-    tp = float(np.sum((predictions == 1) & (labels == 1)))
-    tn = float(np.sum((predictions == 0) & (labels == 0)))
-    fp = float(np.sum((predictions == 1) & (labels == 0)))
-    fn = float(np.sum((predictions == 0) & (labels == 1)))
-    denominator = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    return float((tp * tn - fp * fn) / denominator) if denominator else 0.0
+    """Matthews correlation (CoLA); 0 when a row or column of the confusion matrix is empty."""
+    from sklearn.metrics import matthews_corrcoef
+
+    return float(matthews_corrcoef(labels, predictions))
 
 
 def pearson(predictions, labels) -> float:
-    return float(np.corrcoef(np.asarray(predictions, dtype=float), np.asarray(labels, dtype=float))[0, 1])
+    from scipy.stats import pearsonr
+
+    return float(pearsonr(np.asarray(predictions, dtype=float), np.asarray(labels, dtype=float))[0])
 
 
 def spearman(predictions, labels) -> float:
-    """Pearson correlation of the ranks (ties get their average rank)."""
-    from scipy.stats import rankdata
+    from scipy.stats import spearmanr
 
-    return pearson(rankdata(predictions), rankdata(labels))
+    return float(spearmanr(predictions, labels)[0])
 
 
 GLUE_METRICS = {

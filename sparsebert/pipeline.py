@@ -5,11 +5,12 @@ import logging
 import os
 import re
 import signal
-import sys
 
 from transformers import AutoConfig, AutoTokenizer
 
-from sparsebert.cli import CheckFailed, UsageError, check_output_dir, write_json
+from sparsebert.cli import check_output_dir
+from sparsebert.errors import CheckFailed, Interrupted, UsageError
+from sparsebert.jsonfile import write_json
 from sparsebert.distillation import check_distillation_args, check_same_vocabulary
 from sparsebert.onnx_export import export_onnx
 from sparsebert.quantization import load_quantized_model, saved_quantization_recipe
@@ -19,8 +20,9 @@ from sparsebert.sparsity import format_sparsity_table, sparsity_report
 logger = logging.getLogger(__name__)
 
 
-def check_run_args(model_args, sparse_args, training_args):
-    """Flag-level checks that need no model or data: done first, so bad input costs nothing."""
+def resolve_run_args(model_args, sparse_args, training_args):
+    """Check the flags that need no model or data (first, so bad input costs nothing) and resolve what they leave
+    implicit, in place: aliases merged into their main flag, --resume_from_checkpoint last into its folder."""
     student = model_args.student_model_name_or_path
     if student and model_args.model_name_or_path and student != model_args.model_name_or_path:
         raise UsageError(f"--student_model_name_or_path {student} and --model_name_or_path "
@@ -32,9 +34,10 @@ def check_run_args(model_args, sparse_args, training_args):
     _merge_alias(sparse_args, "nm_prune_config", "recipe")
     if sparse_args.recipe_args and not sparse_args.nm_prune_config:
         raise UsageError("--recipe_args needs --nm_prune_config: there is no recipe to apply them to")
-    if not (training_args.do_train or training_args.do_eval or sparse_args.do_onnx_export):
-        raise UsageError("nothing to do: pass --do_train, --do_eval and/or --do_onnx_export")
+    if not (training_args.do_train or training_args.do_eval or training_args.do_predict or sparse_args.do_onnx_export):
+        raise UsageError("nothing to do: pass --do_train, --do_eval, --do_predict and/or --do_onnx_export")
     check_distillation_args(model_args)
+    check_local_paths(model_args)
     resume = training_args.resume_from_checkpoint
     if resume in ("True", "true", "last"):  # the HF way: the newest checkpoint-N in output_dir
         last = last_complete_checkpoint(training_args.output_dir)
@@ -42,6 +45,7 @@ def check_run_args(model_args, sparse_args, training_args):
             raise UsageError(f"--resume_from_checkpoint {resume}: no complete checkpoint-N folder in "
                              f"{training_args.output_dir}")
         training_args.resume_from_checkpoint = last
+        logger.info(f"--resume_from_checkpoint {resume}: resuming from {last}")
     elif resume is not None and not os.path.isfile(os.path.join(resume, "trainer_state.json")):
         raise UsageError(f"--resume_from_checkpoint {resume}: not a complete checkpoint folder "
                          f"(no trainer_state.json)")
@@ -98,13 +102,33 @@ def load_training_recipe(sparse_args, training_args, model_args, output_names, r
     return manager
 
 
+def check_local_paths(model_args):
+    """A model name that can only be a local path (it starts with / . or ~, has more than one /, or its first
+    part is a folder here) and does not exist is refused at once, instead of being tried on the Hub."""
+    for flag in ("model_name_or_path", "teacher_model_name_or_path", "config_name", "tokenizer_name"):
+        name = getattr(model_args, flag)
+        if not name or name == "disable" or os.path.exists(name):
+            continue
+        first = name.split("/", 1)[0]
+        if name.startswith(("/", ".", "~")) or name.count("/") > 1 or ("/" in name and os.path.isdir(first)):
+            raise UsageError(f"--{flag} {name}: no such folder")
+
+
+def sparsification_kwargs(manager, sparse_args, model_args, teacher) -> dict:
+    """What every script hands SparseMLTrainer from its flags (the recipe only when training with one)."""
+    return {"recipe": sparse_args.nm_prune_config if manager is not None else None,
+            "recipe_args": sparse_args.recipe_variables, "teacher": teacher,
+            "distill_hardness": model_args.distill_hardness, "temperature": model_args.temperature,
+            "quantize_attention": sparse_args.quantize_attention}
+
+
 def _loading(flag, name, load):
     """Run a from_pretrained call; a model that cannot be found or read becomes a one-line UsageError."""
     try:
         return load()
     except (OSError, ValueError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UsageError(f"{flag} {name}: cannot load it ({reason})") from None
+        raise UsageError(f"{flag} {name}: cannot load it ({reason})") from err
 
 
 def load_tokenizer_and_config(model_args, **config_kwargs):
@@ -130,8 +154,13 @@ def load_teacher(model_args, auto_model_class, student_tokenizer, manager=None, 
     teacher_tokenizer = _loading(flag, name,
                                  lambda: AutoTokenizer.from_pretrained(name, cache_dir=model_args.cache_dir))
     check_same_vocabulary(student_tokenizer, teacher_tokenizer, name)
-    teacher = _loading(flag, name, lambda: auto_model_class.from_pretrained(name, cache_dir=model_args.cache_dir,
-                                                                            **config_kwargs))
+    teacher, loading = _loading(flag, name, lambda: auto_model_class.from_pretrained(
+        name, cache_dir=model_args.cache_dir, output_loading_info=True, **config_kwargs))
+    missing = sorted(key for key in loading["missing_keys"] if not key.endswith("position_ids"))
+    if missing:  # initialised at random: the student would learn from noise
+        raise UsageError(f"{flag} {name}: its checkpoint lacks {', '.join(missing[:4])}"
+                         f"{' ...' if len(missing) > 4 else ''} (a base model, not one fine-tuned for this task?); "
+                         f"a teacher must be a model already trained for the task")
     recipe_distillers = manager.distillation_modifiers if manager is not None else []
     if recipe_distillers:
         settings = ", ".join(f"hardness {m.hardness:g}, temperature {m.temperature:g}" for m in recipe_distillers)
@@ -167,8 +196,7 @@ def train_and_save(trainer, training_args, sparse_args, manager, tokenizer, num_
         name = signal.Signals(trainer.graceful_stop.signal).name
         logger.warning(f"Stopped by {name} at step {trainer.state.global_step}; continue with "
                        f"--resume_from_checkpoint last --output_dir {training_args.output_dir}")
-        sys.exit(128 + trainer.graceful_stop.signal)
-    trainer.finalize_recipe()
+        raise Interrupted(trainer.graceful_stop.signal)
     save_model_atomically(trainer, training_args.output_dir)
     metrics = dict(result.metrics, train_samples=num_train_examples)
     trainer.log_metrics("train", metrics)

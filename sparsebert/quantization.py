@@ -24,7 +24,7 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-from sparsebert.cli import UsageError
+from sparsebert.errors import UsageError
 from sparsebert.recipe import quiet_sparseml_loggers
 
 logger = logging.getLogger(__name__)

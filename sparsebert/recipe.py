@@ -15,7 +15,8 @@ from sparseml.pytorch.utils import LoggerManager, PythonLogger
 from sparseml.pytorch.utils.helpers import any_str_or_regex_matches_param_name
 from sparseml.utils.restricted_eval import UnknownVariableException
 
-from sparsebert.cli import UsageError
+from sparsebert.cli import flag_given
+from sparsebert.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -56,19 +57,24 @@ def load_recipe(path: str, variables: dict | None = None) -> ScheduledModifierMa
         line = err.problem_mark.line + 1 if err.problem_mark else "?"
         if "could not determine a constructor" in str(err.problem):
             tag = (err.problem.split("tag '")[-1].rstrip("'")).replace("!pytorch.", "!")
-            raise UsageError(f"{FLAG} {path}: unknown modifier {tag} (line {line})") from None
-        raise UsageError(f"{FLAG} {path}: {err.problem} (line {line})") from None
+            raise UsageError(f"{FLAG} {path}: unknown modifier {tag} (line {line})") from err
+        raise UsageError(f"{FLAG} {path}: {err.problem} (line {line})") from err
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark else ""
         problem = getattr(err, "problem", None) or str(err)
-        raise UsageError(f"{FLAG} {path}: not valid YAML ({where}{problem})") from None
+        raise UsageError(f"{FLAG} {path}: not valid YAML ({where}{problem})") from err
     except UnknownVariableException as err:
-        raise UsageError(f"{FLAG} {path}: {err} (define it at the top of the recipe or pass --recipe_args)") from None
-    except (TypeError, ValueError, KeyError, AttributeError) as err:
-        raise UsageError(f"{FLAG} {path}: invalid modifier settings ({err})") from None
+        raise UsageError(f"{FLAG} {path}: {err} (define it at the top of the recipe or pass --recipe_args)") from err
+    except (TypeError, ValueError) as err:
+        # sparseml rejects a setting with a ValueError, or a TypeError naming the argument or the type it must
+        # be; any other TypeError is sparseml itself failing, a bug to show as one, not the user's recipe
+        if isinstance(err, TypeError) and not re.search(r"argument|must be", str(err)):
+            raise
+        raise UsageError(f"{FLAG} {path}: invalid modifier settings ({err})") from err
     if not manager.modifiers:
         raise UsageError(f"{FLAG} {path}: holds no modifiers")
+    check_epoch_range(manager, path, variables)
     for modifier in _modifiers(manager):
         if type(modifier).__name__ == "QuantizationModifier" and "legacy" not in type(modifier).__module__:
             raise UsageError(f"{FLAG} {path}: this !QuantizationModifier is sparseml 1.8's scheme-based one (chosen "
@@ -78,6 +84,21 @@ def load_recipe(path: str, variables: dict | None = None) -> ScheduledModifierMa
             raise UsageError(f"{FLAG} {path}: !LayerPruningModifier with end_epoch {modifier.end_epoch:g} would put "
                              f"the layers back; only end_epoch -1 (removed for good) is supported")
     return manager
+
+
+def check_epoch_range(manager: ScheduledModifierManager, path: str, variables: dict | None = None):
+    """An !EpochRangeModifier sets the training length; a modifier that runs past it (a pruning end moved by
+    --recipe_args num_epochs, say) would stretch the run silently: refused, naming both epochs."""
+    ranges = [m for m in _modifiers(manager) if type(m).__name__ == "EpochRangeModifier"]
+    if not ranges:
+        return
+    end = max(m.end_epoch for m in ranges)
+    for modifier in _modifiers(manager):
+        last = max(getattr(modifier, "start_epoch", -1), getattr(modifier, "end_epoch", -1))
+        if modifier not in ranges and last > end:
+            given = f" with --recipe_args '{json.dumps(variables)}'" if variables else ""
+            raise UsageError(f"{FLAG} {path}{given}: its !EpochRangeModifier ends at epoch {end:g}, before its "
+                             f"!{type(modifier).__name__} (epoch {last:g}); make the range cover every modifier")
 
 
 def check_supported_modifiers(path: str):
@@ -183,9 +204,12 @@ def apply_recipe_epochs(manager: ScheduledModifierManager, training_args, recipe
                        f"{recipe_path} spans {epochs:g} epochs")
         return
     if epochs != training_args.num_train_epochs:
-        logger.warning(f"Training for {epochs:g} epochs as the recipe {recipe_path} sets (its last end_epoch, "
-                       f"e.g. EpochRangeModifier), not --num_train_epochs {training_args.num_train_epochs:g}: "
-                       f"the recipe wins so that its pruning schedule completes as written")
+        if flag_given(training_args, "num_train_epochs"):
+            logger.warning(f"Training for {epochs:g} epochs as the recipe {recipe_path} sets (its last end_epoch), "
+                           f"not --num_train_epochs {training_args.num_train_epochs:g}: the recipe wins so that "
+                           f"its schedule completes as written")
+        else:
+            logger.info(f"Training for {epochs:g} epochs, as the recipe {recipe_path} sets (its last end_epoch)")
         training_args.num_train_epochs = epochs
 
 

@@ -15,7 +15,7 @@ import torch
 from sparseml.pytorch.optim import ScheduledModifierManager
 from torch.utils.data import DataLoader
 
-from sparsebert.cli import UsageError
+from sparsebert.errors import UsageError
 from sparsebert.layer_dropping import (check_whole_layers, encoder_layers, remove_skipped_layers,
                                        replace_identity_layers)
 from sparsebert.quantization import install_quantizable_attention, quantization_modifiers

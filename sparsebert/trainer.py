@@ -11,9 +11,11 @@ from accelerate.utils import extract_model_from_parallel
 from sparseml.pytorch.optim import ScheduledModifierManager
 from transformers import Trainer, TrainerCallback
 
-from sparsebert.cli import UsageError, write_json
+from sparsebert.errors import UsageError
+from sparsebert.jsonfile import write_json
 from sparsebert.distillation import combine_losses, distillation_loss, freeze_teacher
-from sparsebert.recipe import check_cyclic_learning_rates, schedule_epochs, targeted_parameter_names
+from sparsebert.recipe import (apply_recipe_epochs, check_cyclic_learning_rates, load_recipe, schedule_epochs,
+                               targeted_parameter_names)
 from sparsebert.quantization import freeze_observers, is_quantized, quantization_modifiers
 from sparsebert.recipe_run import RecipeLearningRate, RecipeRun, gradient_sampler
 from sparsebert.sparsity import zero_fraction
@@ -22,35 +24,39 @@ logger = logging.getLogger(__name__)
 
 
 class SparseMLTrainer(Trainer):
-    """A Trainer driven by a SparseML recipe.
+    """A Trainer driven by a SparseML recipe: add `recipe=` to any Hugging Face Trainer script.
 
-    recipe: the ScheduledModifierManager, or None to train dense. Its modifiers act on the model here (layer
-    pruning, then every modifier initialized, quantization last); the optimizer is wrapped when it is built.
-    teacher: a frozen model to distill from. With a recipe holding a DistillationModifier the recipe distills from
-    it (its hardness and temperature); otherwise our loss does, with `temperature` and `hardness`; logit_keys name
-    the outputs to match (("logits",) or ("start_logits", "end_logits")); regression uses MSE instead of KL.
+    recipe: a recipe file (YAML, or Markdown with YAML front matter; recipe_args override its variables), or a
+    ScheduledModifierManager already loaded; None trains without one. The recipe sets the training length (its
+    last end_epoch) unless args.max_steps does; its modifiers act on the model here (layer pruning, then every
+    modifier initialized, quantization last) and around every optimizer step.
+    teacher: a frozen model, already trained for the task, to distill from. A recipe with a DistillationModifier
+    distills from it with its own settings; otherwise every `*logits` output of the student is matched to the
+    teacher's: (1 - distill_hardness) x the student's loss + distill_hardness x T^2 x KL at `temperature` (MSE for
+    a one-value regression head).
     quantize_attention: with a QuantizationModifier, attention's two matmuls are quantized too (not only Linear).
     """
 
     # compute_loss returns per-batch means: the Trainer divides them for gradient accumulation
     loss_is_scaled_for_ga = False
 
-    def __init__(self, model=None, args=None, *, recipe: ScheduledModifierManager | None = None,
-                 recipe_path: str = "", teacher=None, logit_keys=("logits",), temperature=2.0,
-                 hardness=1.0, regression=False, quantize_attention=True, **kwargs):
+    def __init__(self, model=None, args=None, *, recipe: str | ScheduledModifierManager | None = None,
+                 recipe_args: dict | None = None, teacher=None, distill_hardness: float = 1.0,
+                 temperature: float = 2.0, quantize_attention: bool = True, **kwargs):
         # the Trainer creates output_dir right away; remember whether it was there before
         self._made_output_dir = args is None or not os.path.exists(args.output_dir)
         device = args.device if args is not None else None
         teacher = freeze_teacher(teacher, device) if teacher is not None else None
-        self.recipe_path = recipe_path
+        self.recipe_path, manager = _recipe(recipe, recipe_args, args)
         self.recipe_run = None
         self._targeted = []  # the parameters themselves: quantization and layer removal rename them
-        if recipe is not None:  # what the recipe does to the model's structure, and checks, before anything is written
-            self.recipe_run = RecipeRun(recipe, recipe_path, teacher=teacher if recipe.distillation_modifiers else None,
+        if manager is not None:  # what the recipe does to the model's structure, and checks, before anything is written
+            self.recipe_run = RecipeRun(manager, self.recipe_path,
+                                        teacher=teacher if manager.distillation_modifiers else None,
                                         quantize_attention=quantize_attention)
             self.recipe_run.apply_structure(model)
             self.recipe_run.check_fisher_memory(model, device)
-            targeted_parameter_names(recipe, model, recipe_path)  # refuses a params pattern that matches nothing
+            targeted_parameter_names(manager, model, self.recipe_path)  # refuses a params pattern matching nothing
         super().__init__(model=model, args=args, **kwargs)
         if self.recipe_run is not None:
             samplers = self.recipe_run.gradient_samplers
@@ -59,16 +65,15 @@ class SparseMLTrainer(Trainer):
             # what sparseml itself resolved the recipe's params to (e.g. __ALL_PRUNABLE__) is what gets reported
             self._targeted = self.recipe_run.initialize(self.model, _resumed_epoch(self.args), grad_sampler)
             self.model.to(self.args.device)  # quantization may have added observers on the CPU
-        if self.recipe_run is not None and quantization_modifiers(recipe):
-            self.add_callback(FullPrecisionForQuantization(self))
+            if quantization_modifiers(manager):
+                self.add_callback(FullPrecisionForQuantization(self))
         # our own distillation loss only when the recipe does not distill itself: never both
         self.teacher = None if self.recipe_run is not None and self.recipe_run.distills else teacher
-        self.steps_per_epoch = None
-        self.logit_keys = tuple(logit_keys)
+        self.distill_hardness = distill_hardness
         self.temperature = temperature
-        self.hardness = hardness
-        self.regression = regression
+        self.steps_per_epoch = None
         self._loss_parts = {}  # sums of the loss's parts since the last log, and the batch count
+        self._finalized = False
         self.graceful_stop = GracefulStop()
         self.add_callback(self.graceful_stop)
 
@@ -136,14 +141,23 @@ class SparseMLTrainer(Trainer):
                         f"{self.args.learning_rate:g}")
         return super().create_scheduler(num_training_steps, optimizer)
 
+    def train(self, *args, **kwargs):
+        """Train; at the end the recipe lets go of the model (see finalize_recipe), unless a signal stopped
+        training early to be resumed."""
+        result = super().train(*args, **kwargs)
+        if self.graceful_stop.signal is None:
+            self.finalize_recipe()
+        return result
+
     def finalize_recipe(self):
-        """Detach the recipe's hooks from the model; the pruned zeros stay in the weights, a quantized model
-        keeps the ranges it learned."""
-        if self.recipe_run is None:
+        """Detach the recipe's hooks from the model; the pruned zeros stay in the weights, layers the recipe
+        removed are gone for good, a quantized model keeps the ranges it learned. Once is enough."""
+        if self.recipe_run is None or self._finalized:
             return
         self.recipe_run.finalize(self.model)
         if is_quantized(self.model):
             freeze_observers(self.model)
+        self._finalized = True
 
     # ---- files: whole or not at all -------------------------------------------------------------
 
@@ -170,9 +184,9 @@ class SparseMLTrainer(Trainer):
         if model.training and self.teacher is not None:
             with torch.no_grad():
                 teacher_outputs = self.teacher(**{k: v for k, v in inputs.items() if k in _MODEL_INPUTS})
-            distill = distillation_loss(outputs, teacher_outputs, self.logit_keys, self.temperature, self.regression)
+            distill = distillation_loss(outputs, teacher_outputs, self.temperature)
             self._add_loss_parts(student_loss=loss, distill_loss=distill)
-            loss = combine_losses(loss, distill, self.hardness)
+            loss = combine_losses(loss, distill, self.distill_hardness)
         if model.training and self.recipe_run is not None:  # its DistillationModifier, if any, acts here
             student_loss = loss
             loss = self.recipe_run.loss_update(loss, model, outputs, inputs)
@@ -251,6 +265,16 @@ class GracefulStop(TrainerCallback):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
+
+
+def _recipe(recipe, recipe_args, args) -> tuple[str, ScheduledModifierManager | None]:
+    """(the recipe's name for messages, its manager); a file is loaded, and sets the training length."""
+    if recipe is None or isinstance(recipe, ScheduledModifierManager):
+        return "the recipe", recipe
+    manager = load_recipe(recipe, recipe_args)
+    if args is not None:
+        apply_recipe_epochs(manager, args, recipe)
+    return recipe, manager
 
 
 def _resumed_epoch(args) -> float:

@@ -9,7 +9,7 @@ import pytest
 import run_qa
 from conftest import RECIPES, REPO
 from helpers import listing, qa_args
-from sparsebert.cli import UsageError
+from sparsebert.errors import UsageError
 
 GMP = os.path.join(RECIPES, "80sparsity2epoch.yaml")
 OBERT_QA, OBERT_GLUE = os.path.join(RECIPES, "obert80_squad.yaml"), os.path.join(RECIPES, "obert80_glue.yaml")
@@ -40,7 +40,14 @@ CASES = {
     "recipe_args not JSON": (["--nm_prune_config", GMP, "--recipe_args", "{num_epochs: 3}"], r"--recipe_args is not valid JSON"),
     "recipe_args without recipe": (["--recipe_args", '{"num_epochs": 3}'], r"--recipe_args needs --nm_prune_config"),
     "teacher missing": (["--teacher_model_name_or_path", "no/such/teacher"],
-                        r"--teacher_model_name_or_path no/such/teacher: cannot load it"),
+                        r"--teacher_model_name_or_path no/such/teacher: no such folder"),
+    "teacher without its task head": (["--teacher_model_name_or_path", "@base_model"],
+                                      r"--teacher_model_name_or_path .*base: its checkpoint lacks qa_outputs.bias, "
+                                      r"qa_outputs.weight \(a base model, not one fine-tuned for this task\?\)"),
+    "recipe_args ending the run before its pruning": (
+        ["--nm_prune_config", os.path.join(RECIPES, "80sparsity10epochs.yaml"), "--recipe_args", '{"num_epochs": 4}'],
+        r"80sparsity10epochs.yaml with --recipe_args '\{\"num_epochs\": 4\}': its !EpochRangeModifier ends at epoch 4, "
+        r"before its !GMPruningModifier \(epoch 8\)"),
     "train file missing": (["--train_file", "missing-train.json"], r"--train_file missing-train.json: no such file"),
     "validation file malformed": (["--validation_file", "@broken_json"], r"--validation_file .*broken.json: not valid JSON"),
     "doc_stride too large": (["--doc_stride", "60"], r"--doc_stride 60 is too large for --max_seq_length 64"),
@@ -76,8 +83,14 @@ CASES = {
 
 
 @pytest.fixture
-def bad_files(tmp_path):
+def bad_files(tmp_path, qa_model_dir):
+    from transformers import AutoModel, AutoTokenizer
+
+    base = str(tmp_path / "base")  # the encoder alone, as a pretrained checkpoint is: no QA head
+    AutoModel.from_pretrained(qa_model_dir).save_pretrained(base)
+    AutoTokenizer.from_pretrained(qa_model_dir).save_pretrained(base)
     return {
+        "base_model": base,
         "bad_yaml": _write(tmp_path, "bad.yaml", "modifiers:\n  - !EpochRangeModifier\n    end_epoch: [1\n"),
         "unknown_modifier": _write(tmp_path, "unknown.yaml", "modifiers:\n  - !MagicPruningModifier\n    x: 1\n"),
         "roberta_params": _write(tmp_path, "roberta.yaml", open(GMP).read().replace("re:bert.", "re:roberta.")),
@@ -103,9 +116,23 @@ def test_bad_input_is_refused_before_training(case, qa_model_dir, squad_files, b
     assert not output_dir.exists()
 
 
-def test_missing_model_is_named(squad_files, tmp_path):
+def test_missing_model_is_named(squad_files, tmp_path, monkeypatch):
     _expect_refusal(qa_args(str(tmp_path / "no-model"), squad_files, tmp_path / "out", "--do_train"),
-                    r"--model_name_or_path .*no-model: cannot load it", tmp_path)
+                    r"--model_name_or_path .*no-model: no such folder", tmp_path)
+    # a mistyped folder next to real ones is a path, not a Hub name to try for 40 s
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()
+    _expect_refusal(qa_args("demo/tiny-bret", squad_files, tmp_path / "out", "--do_train"),
+                    r"^--model_name_or_path demo/tiny-bret: no such folder$", tmp_path)
+
+
+def test_output_dir_is_required(qa_model_dir, squad_files, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = qa_args(qa_model_dir, squad_files, tmp_path / "out", "--do_eval")
+    at = argv.index("--output_dir")
+    del argv[at:at + 2]
+    _expect_refusal(argv, r"--output_dir is required", tmp_path)
+    assert not (tmp_path / "trainer_output").exists()
 
 
 def test_existing_output_dir_is_not_clobbered(qa_model_dir, squad_files, tmp_path):
@@ -137,3 +164,26 @@ def test_command_line_gets_one_line_and_exit_status_2(qa_model_dir, squad_files,
     assert done.stderr.splitlines() == ["error: --nm_prune_config nope.yaml: no such file"]
     assert "Traceback" not in done.stderr
     assert sorted(os.listdir(tmp_path)) == []
+
+
+@pytest.mark.parametrize("flag, value", [("--fsdp", "full_shard"), ("--deepspeed", "ds_config.json")])
+def test_sharded_training_is_refused(flag, value, qa_model_dir, squad_files, tmp_path):
+    _expect_refusal(qa_args(qa_model_dir, squad_files, tmp_path / "out", "--do_train", flag, value),
+                    rf"^{flag} is not supported: sharded training splits each weight across processes and sparseml's "
+                    rf"masks would be lost", tmp_path)
+
+
+def test_doc_stride_is_checked_against_the_questions_in_the_data(qa_model_dir, squad_files, tmp_path):
+    """HF's run_qa.py accepts --max_seq_length 128 --doc_stride 64 for ordinary questions; only a question long
+    enough to leave no room for that stride makes it wrong."""
+    output_dir = tmp_path / "out"
+    run_qa.main(qa_args(qa_model_dir, squad_files, output_dir, "--do_eval", "--max_seq_length", "128",
+                        "--doc_stride", "64", "--max_query_length", "64"))
+    assert (output_dir / "eval_results.json").is_file()
+    long_question = tmp_path / "long.jsonl"
+    long_question.write_text('{"id": "1", "context": "the cup is red .", "question": "' + "what " * 70 + '?", '
+                             '"answers": {"text": ["red"], "answer_start": [11]}}\n')
+    _expect_refusal(qa_args(qa_model_dir, {**squad_files, "dev": str(long_question)}, tmp_path / "out2", "--do_eval",
+                            "--max_seq_length", "128", "--doc_stride", "64", "--max_query_length", "64"),
+                    r"--doc_stride 64 is too large for --max_seq_length 128: the longest evaluation question "
+                    r"\(64 tokens, after --max_query_length 64\) leaves 61 context tokens", tmp_path / "out2")

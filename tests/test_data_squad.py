@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from sparsebert.cli import UsageError
+from sparsebert.errors import UsageError
 from utils_qa import drop_misaligned_answers, load_squad_file
 
 

@@ -14,7 +14,7 @@ from transformers import AutoModelForQuestionAnswering, BertConfig, BertForQuest
 import run_qa
 from conftest import RECIPES, REPO
 from helpers import listing, qa_args
-from sparsebert.cli import UsageError
+from sparsebert.errors import UsageError
 from sparsebert.demo import make_bert, make_tokenizer
 from sparsebert.distillation import combine_losses, distillation_loss, soft_kl
 from sparsebert.layer_dropping import drop_layers, select_layers
@@ -42,14 +42,14 @@ def test_soft_kl_is_the_batch_mean_times_t_squared():
 def test_qa_distillation_averages_start_and_end_against_their_own_teacher_heads():
     student = {"start_logits": torch.tensor([[1.0, 0.0, 0.0]]), "end_logits": torch.tensor([[0.0, 0.0, 1.0]])}
     teacher = {"start_logits": torch.tensor([[3.0, 0.0, 0.0]]), "end_logits": torch.tensor([[0.0, 0.0, 3.0]])}
-    loss = distillation_loss(student, teacher, ("start_logits", "end_logits"), temperature=2.0)
+    loss = distillation_loss(student, teacher, temperature=2.0)
     start = 4 * _kl_by_hand([1, 0, 0], [3, 0, 0], 2.0)
     end = 4 * _kl_by_hand([0, 0, 1], [0, 0, 3], 2.0)
     assert float(loss) == pytest.approx((start + end) / 2, rel=1e-5)
     # the seed compared the end head with the start one: a student matching both teacher heads (which differ
     # from each other) must cost nothing
     matching = {"start_logits": teacher["start_logits"], "end_logits": teacher["end_logits"]}
-    assert float(distillation_loss(matching, teacher, ("start_logits", "end_logits"), 2.0)) == pytest.approx(0, abs=1e-6)
+    assert float(distillation_loss(matching, teacher, 2.0)) == pytest.approx(0, abs=1e-6)
 
 
 def test_hardness_mixes_the_two_losses():
@@ -67,13 +67,13 @@ def test_trainer_loss_at_hardness_0_and_1(tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
     student.train()
     for hardness, expected in ((0.0, "own"), (1.0, "kl")):
-        trainer = SparseMLTrainer(model=student, args=args, teacher=teacher, hardness=hardness, temperature=2.0,
-                                  logit_keys=("start_logits", "end_logits"))
+        trainer = SparseMLTrainer(model=student, args=args, teacher=teacher, distill_hardness=hardness,
+                                  temperature=2.0)
         loss = trainer.compute_loss(student, dict(batch))
         outputs = student(**batch)
         with torch.no_grad():
             teacher_outputs = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        kl = distillation_loss(outputs, teacher_outputs, ("start_logits", "end_logits"), 2.0)
+        kl = distillation_loss(outputs, teacher_outputs, 2.0)
         assert float(loss) == pytest.approx(float(outputs.loss if expected == "own" else kl), rel=1e-6)
     assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
 
@@ -158,6 +158,6 @@ def test_the_teacher_shapes_only_the_training_loss(tmp_path):
         args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True, disable_tqdm=True,
                                  per_device_eval_batch_size=8)
         trainer = SparseMLTrainer(model=make_bert(hidden_size=32), args=args, eval_dataset=data, teacher=teacher,
-                                  logit_keys=("start_logits", "end_logits"), hardness=1.0)
+                                  distill_hardness=1.0)
         losses.append(trainer.evaluate()["eval_loss"])
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)  # hardness 1.0 in training; evaluation: the task loss

@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import logging
 import os
 import random
 
@@ -12,7 +13,7 @@ import run_glue
 import sparsebert.glue as glue
 from conftest import RECIPES
 from helpers import listing
-from sparsebert.cli import UsageError
+from sparsebert.errors import UsageError
 from sparsebert.demo import COLORS, NAMES, OBJECTS, make_bert, make_tokenizer
 from sparsebert.metrics import binary_f1, glue_metrics, matthews_correlation, pearson, spearman
 
@@ -129,8 +130,8 @@ def test_bad_glue_data_is_refused(tmp_path):
     with pytest.raises(UsageError, match=r"badlabel.jsonl: row 2 has label 2, outside the task's labels "
                                          r"\(0 or negative, 1 or positive\)"):
         _load("sst2", train_file=str(tmp_path / "badlabel.jsonl"), validation_file=str(tmp_path / "badlabel.jsonl"))
-    with pytest.raises(UsageError, match="--validation_mismatched_file is required for task mnli"):
-        _load("mnli", train_file=str(tmp_path / "badlabel.jsonl"), validation_file=str(tmp_path / "badlabel.jsonl"))
+    with pytest.raises(UsageError, match="--validation_file is required for task mnli"):
+        _load("mnli", train_file=str(tmp_path / "badlabel.jsonl"))
 
 
 # ---- end to end ----------------------------------------------------------------------------------
@@ -199,6 +200,29 @@ def test_classification_with_teacher_pruning_and_export(tmp_path):
     history = _json(output_dir / "trainer_state.json")["log_history"]
     assert any("distill_loss" in h and "student_loss" in h for h in history)
 
+    # the per-example evaluation file holds what the accuracy was computed from
+    rows = [line.rstrip("\n").split("\t") for line in open(output_dir / "eval_predictions_sst2.txt")]
+    assert rows[0] == ["index", "prediction", "label"] and len(rows) == 25
+    assert {r[1] for r in rows[1:]} <= {"negative", "positive"}
+    assert sum(r[1] == r[2] for r in rows[1:]) / 24 == pytest.approx(results["eval_accuracy"])
+
+    # --do_predict on unlabeled rows: the same predictions as for those rows in evaluation
+    unlabeled = tmp_path / "test.jsonl"
+    unlabeled.write_text("".join(json.dumps({"sentence": json.loads(line)["sentence"]}) + "\n"
+                                 for line in open(files["dev"])))
+    run_glue.main(_glue_args(str(output_dir), files, tmp_path / "predict", "SST2", "--do_predict", "--test_file",
+                             str(unlabeled)))
+    predicted = [line.rstrip("\n").split("\t") for line in open(tmp_path / "predict" / "predict_results_sst2.txt")]
+    assert predicted[0] == ["index", "prediction"]
+    assert [r[1] for r in predicted[1:]] == [r[1] for r in rows[1:]]
+
+
+def test_do_predict_needs_a_test_file(tmp_path):
+    with pytest.raises(UsageError, match=r"^--do_predict needs --test_file"):
+        run_glue.main(_glue_args(_model_dir(tmp_path, "m", 2), _files(tmp_path, "sst2"), tmp_path / "out", "sst2",
+                                 "--do_predict"))
+    assert not (tmp_path / "out").exists()
+
 
 def test_stsb_regression_reports_correlations(tmp_path):
     files = _files(tmp_path, "stsb", train=480)
@@ -223,3 +247,13 @@ def test_mnli_reports_matched_and_mismatched(tmp_path):
     results = _json(output_dir / "eval_results.json")
     assert {"eval_accuracy", "eval_mm_accuracy", "eval_samples", "eval_mm_samples"} <= set(results)
     assert _json(output_dir / "onnx_parity.json")["parity_ok"]
+
+
+def test_mnli_evaluates_on_the_matched_file_alone_when_no_mismatched_one_is_given(tmp_path, caplog):
+    files = _files(tmp_path, "mnli")
+    output_dir = tmp_path / "out"
+    with caplog.at_level(logging.WARNING):
+        run_glue.main(_glue_args(_model_dir(tmp_path, "student", 3), files, output_dir, "MNLI", "--do_eval"))
+    assert "no --validation_mismatched_file: evaluating on the matched dev set alone" in caplog.text
+    results = _json(output_dir / "eval_results.json")
+    assert "eval_accuracy" in results and not any(key.startswith("eval_mm") for key in results)

@@ -60,7 +60,8 @@ def test_a_parity_failure_fails_the_run_with_exit_status_1(qa_model_dir, squad_f
     import run_qa
     import sparsebert.onnx_export
     from helpers import qa_args
-    from sparsebert.cli import CheckFailed, run_cli
+    from sparsebert.cli import run_cli
+    from sparsebert.errors import CheckFailed
 
     monkeypatch.setattr(sparsebert.onnx_export, "PARITY_TOLERANCE", 0.0)  # no file can pass: a forced mismatch
     output_dir = tmp_path / "out"
@@ -72,3 +73,20 @@ def test_a_parity_failure_fails_the_run_with_exit_status_1(qa_model_dir, squad_f
     with pytest.raises(SystemExit) as stopped:
         run_cli(lambda: run_qa.main(argv))
     assert stopped.value.code == 1
+
+
+def test_export_hands_the_model_back_as_it_was(tmp_path):
+    """The trainer's model is exported on the CPU in eval mode, then returned to its device and mode: training or
+    evaluation after the export must not find it moved (a GPU run) or with dropout switched off."""
+    model = make_bert(num_labels=2, hidden_size=32).train()
+    moves = []
+    move = model.to
+
+    def recording_to(*args, **kwargs):
+        moves.append(str(args[0]))
+        return move(*args, **kwargs)
+
+    model.to = recording_to
+    export_onnx(model, make_tokenizer(), str(tmp_path), ("logits",))
+    assert model.training
+    assert moves == ["cpu", str(next(model.parameters()).device)]  # out to the CPU, then back where it was

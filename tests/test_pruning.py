@@ -22,8 +22,7 @@ def _train(tmp_path, recipe, recipe_variables=None, batch_size=8, accumulation=1
                              gradient_accumulation_steps=accumulation, num_train_epochs=manager.max_epochs,
                              learning_rate=1e-3, report_to="none", save_strategy="no", disable_tqdm=True,
                              use_cpu=True, seed=0)
-    trainer = SparseMLTrainer(model=model, args=args, train_dataset=random_qa_dataset(rows), recipe=manager,
-                              recipe_path=recipe)
+    trainer = SparseMLTrainer(model=model, args=args, train_dataset=random_qa_dataset(rows), recipe=manager)
     targeted = trainer.targeted_names
     recorder = SparsityRecorder(model, targeted)
     trainer.add_callback(recorder)

@@ -4,12 +4,13 @@ it were ignored), driven by our Trainer."""
 import math
 import textwrap
 
+import onnx
 import pytest
 import torch
 from transformers import TrainerCallback, TrainingArguments
 
 from helpers import random_qa_dataset
-from sparsebert.cli import UsageError
+from sparsebert.errors import UsageError
 from sparsebert.demo import make_bert
 from sparsebert.recipe import load_recipe
 from sparsebert.recipe_run import RecipeRun
@@ -43,9 +44,8 @@ def train(tmp_path, recipe_path, teacher=None, learning_rate=1e-3, logging_steps
     args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=BATCH,
                              num_train_epochs=manager.max_epochs, learning_rate=learning_rate, report_to="none",
                              save_strategy="no", disable_tqdm=True, use_cpu=True, seed=0, logging_steps=logging_steps)
-    trainer = SparseMLTrainer(model=model, args=args, train_dataset=random_qa_dataset(ROWS), recipe=manager,
-                              recipe_path=recipe_path, teacher=teacher, logit_keys=("start_logits", "end_logits"),
-                              quantize_attention=quantize_attention)
+    trainer = SparseMLTrainer(model=model, args=args, train_dataset=random_qa_dataset(ROWS), recipe=recipe_path,
+                              teacher=teacher, quantize_attention=quantize_attention)
     recorder = OptimizerRecorder()
     trainer.add_callback(recorder)
     trainer.train()
@@ -415,10 +415,15 @@ def test_quantization_aware_training_exports_integer_matmuls(tmp_path, quantize_
             submodules: [bert.embeddings, bert.encoder, qa_outputs]
     """)
     trainer, _, _ = train(tmp_path, recipe, quantize_attention=quantize_attention)
-    trainer.finalize_recipe()
     report = export_onnx(trainer.model, make_tokenizer(), str(tmp_path / "onnx"), ("start_logits", "end_logits"))
     # 12 encoder Linear layers and the QA head; with quantized attention, its two products in each of 2 layers
     assert report["precision"] == "int8" and report["integer_ops"] == {"MatMulInteger": integer_matmuls}
+    # the Linear layers' weights as int8 (onnxruntime's fast path), their values unchanged (parity above)
+    graph = onnx.load(str(tmp_path / "onnx" / "model.onnx")).graph
+    initializers = {init.name: init.data_type for init in graph.initializer}
+    weights = [initializers[node.input[1]] for node in graph.node
+               if node.op_type == "MatMulInteger" and node.input[1] in initializers]
+    assert weights and set(weights) == {onnx.TensorProto.INT8}
     assert report["parity_ok"], report
 
 

@@ -124,6 +124,53 @@ def test_torchrun_two_processes_follow_the_same_schedule(qa_model_dir, squad_fil
     assert any("distill_loss" in h for h in two["log_history"])
 
 
+def _free_port():
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _on_two_nodes(argv):
+    """torchrun as on two machines of one process each (both on this one, rendezvous on a local port); the
+    return status of each node."""
+    port = _free_port()
+    argv = list(argv)
+    at = argv.index("--use_cpu")
+    del argv[at:at + 2]
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
+                               "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+                               os.path.join(REPO, "run_qa.py"), *argv], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+             for rank in (0, 1)]
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    return outputs
+
+
+def test_two_nodes_train_and_evaluate_as_one_process(qa_model_dir, squad_files, tmp_path):
+    """torchrun --nnodes 2 (one process per node) with batch 4 each: the optimizer steps and sparsity of one
+    process with batch 8; and evaluation split over the nodes gives exactly the one-process metrics (each
+    question's windows gathered back together, none counted twice)."""
+    common = ["--do_train", "--nm_prune_config", GMP, "--logging_steps", "1"]
+    single = tmp_path / "single"
+    run_qa.main(qa_args(qa_model_dir, squad_files, single, *common, "--do_eval"))
+    nodes = tmp_path / "nodes"
+    outputs = _on_two_nodes(qa_args(qa_model_dir, squad_files, nodes, *common, "--per_device_train_batch_size", "4"))
+    assert _json(nodes / "trainer_state.json")["global_step"] == _json(single / "trainer_state.json")["global_step"]
+    assert (_json(nodes / "sparsity_report.json")["targeted_sparsity"]
+            == pytest.approx(_json(single / "sparsity_report.json")["targeted_sparsity"], abs=1e-9))
+    assert sum(output.count("Sparsity after training") for output in outputs) == 1  # global rank 0 alone
+
+    _on_two_nodes(qa_args(str(single), squad_files, tmp_path / "eval", "--do_eval", "--per_device_eval_batch_size",
+                          "3"))
+    split, whole = _json(tmp_path / "eval" / "eval_results.json"), _json(single / "eval_results.json")
+    for key in ("eval_exact_match", "eval_f1", "eval_samples"):
+        assert split[key] == pytest.approx(whole[key], abs=1e-9), key
+    assert _json(tmp_path / "eval" / "eval_predictions.json") == _json(single / "eval_predictions.json")
+
+
 def test_last_takes_the_newest_of_several_complete_checkpoints(tmp_path):
     from sparsebert.pipeline import last_complete_checkpoint
 

@@ -1,6 +1,7 @@
 """run_qa.py end to end on the tiny model: prune, evaluate, save, export, reload."""
 
 import json
+import logging
 import os
 
 import pytest
@@ -119,3 +120,35 @@ def test_a_json_argument_file_works_like_flags(trained, squad_files, tmp_path):
     run_qa.main([str(tmp_path / "args.json")])
     assert _json(tmp_path / "out" / "eval_results.json")["eval_f1"] == pytest.approx(
         _json(trained / "eval_results.json")["eval_f1"], abs=1e-9)
+
+
+def test_a_short_run_shows_its_schedule_and_only_the_flags_given(qa_model_dir, squad_files, tmp_path, caplog):
+    """Without --logging_steps every run logs its loss and sparsity about 50 times (each step of a short one);
+    the epochs message names --num_train_epochs only when the user gave it."""
+    recipe = os.path.join(RECIPES, "80sparsity2epoch.yaml")
+    with caplog.at_level(logging.INFO):
+        run_qa.main(qa_args(qa_model_dir, squad_files, tmp_path / "a", "--do_train", "--nm_prune_config", recipe))
+    state = _json(tmp_path / "a" / "trainer_state.json")
+    assert state["global_step"] < 50
+    assert [h["step"] for h in state["log_history"] if "sparsity" in h] == list(range(1, state["global_step"] + 1))
+    assert "Training for 2 epochs, as the recipe" in caplog.text and "--num_train_epochs" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        run_qa.main(qa_args(qa_model_dir, squad_files, tmp_path / "b", "--do_train", "--nm_prune_config", recipe,
+                            "--num_train_epochs", "3", "--logging_steps", "4"))
+    assert "not --num_train_epochs 3" in caplog.text
+    state = _json(tmp_path / "b" / "trainer_state.json")
+    assert [h["step"] for h in state["log_history"] if "sparsity" in h] == list(range(4, state["global_step"] + 1, 4))
+
+
+def test_do_predict_answers_unlabeled_questions(trained, squad_files, tmp_path):
+    """Questions without answers (--test_file) get the answers evaluation gives the same questions."""
+    rows = [json.loads(line) for line in open(squad_files["dev_jsonl"])]
+    test_file = tmp_path / "questions.jsonl"
+    test_file.write_text("".join(json.dumps({k: row[k] for k in ("id", "context", "question")}) + "\n"
+                                 for row in rows))
+    run_qa.main(qa_args(str(trained), {**squad_files, "dev": squad_files["dev_jsonl"]}, tmp_path / "out",
+                        "--do_eval", "--do_predict", "--test_file", str(test_file)))
+    answers = _json(tmp_path / "out" / "predict_predictions.json")
+    assert set(answers) == {row["id"] for row in rows}
+    assert answers == _json(tmp_path / "out" / "eval_predictions.json")

@@ -1,0 +1,18 @@
+"""The two ways a run ends early on purpose, which the scripts turn into a one-line message and an exit status."""
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line naming the culprit, exit status 2, nothing written."""
+
+
+class CheckFailed(Exception):
+    """The run did its work but a check of the result failed (an ONNX file that disagrees with PyTorch): its
+    outputs stay for inspection, the exit status is 1."""
+
+
+class Interrupted(Exception):
+    """Training was stopped by a signal after saving a checkpoint to resume from: exit status 128 + signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
