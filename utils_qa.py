@@ -183,11 +183,19 @@ def check_doc_stride(examples, tokenizer, data_args, split: str):
                          f"the stride must be smaller than that")
 
 
+def _context_comes_second(tokenizer) -> bool:
+    """The question leads and the context follows, except for tokenizers that pad on the left (as HF's
+    example does): there the context leads, so that padding never sits between the two."""
+    return tokenizer.padding_side == "right"
+
+
 def _tokenize(examples, tokenizer, data_args):
+    questions = _truncate_questions(examples["question"], tokenizer, data_args.max_query_length)
+    second = _context_comes_second(tokenizer)
     return tokenizer(
-        _truncate_questions(examples["question"], tokenizer, data_args.max_query_length),
-        examples["context"],
-        truncation="only_second",
+        questions if second else examples["context"],
+        examples["context"] if second else questions,
+        truncation="only_second" if second else "only_first",
         max_length=data_args.max_seq_length,
         stride=data_args.doc_stride,
         return_overflowing_tokens=True,
@@ -203,14 +211,15 @@ def prepare_train_features(examples, tokenizer, data_args):
     offsets_per_feature = tokenized.pop("offset_mapping")
     tokenized["start_positions"], tokenized["end_positions"] = [], []
     for i, offsets in enumerate(offsets_per_feature):
-        cls_index = tokenized["input_ids"][i].index(tokenizer.cls_token_id)
+        cls_index = tokenized["input_ids"][i].index(tokenizer.cls_token_id)  # not always position 0
         sequence_ids = tokenized.sequence_ids(i)
+        context = 1 if _context_comes_second(tokenizer) else 0
         answers = examples["answers"][example_of_feature[i]]
         start, end = cls_index, cls_index
         if answers["answer_start"]:
             start_char = answers["answer_start"][0]
             end_char = start_char + len(answers["text"][0])
-            context_tokens = [t for t, s in enumerate(sequence_ids) if s == 1]
+            context_tokens = [t for t, s in enumerate(sequence_ids) if s == context]
             first, last = context_tokens[0], context_tokens[-1]
             if offsets[first][0] <= start_char and offsets[last][1] >= end_char:
                 start = first
@@ -231,11 +240,14 @@ def prepare_validation_features(examples, tokenizer, data_args):
     tokenized = _tokenize(examples, tokenizer, data_args)
     example_of_feature = tokenized.pop("overflow_to_sample_mapping")
     tokenized["example_id"] = []
+    context = 1 if _context_comes_second(tokenizer) else 0
+    tokenized["cls_index"] = []  # where the no-answer score is read (not 0 behind left padding)
     for i in range(len(tokenized["input_ids"])):
         sequence_ids = tokenized.sequence_ids(i)
         tokenized["example_id"].append(examples["id"][example_of_feature[i]])
+        tokenized["cls_index"].append(tokenized["input_ids"][i].index(tokenizer.cls_token_id))
         tokenized["offset_mapping"][i] = [
-            offset if sequence_ids[k] == 1 else None for k, offset in enumerate(tokenized["offset_mapping"][i])
+            offset if sequence_ids[k] == context else None for k, offset in enumerate(tokenized["offset_mapping"][i])
         ]
     return tokenized
 
@@ -279,6 +291,7 @@ def postprocess_qa_predictions(
     for index, example_id in enumerate(features["example_id"]):
         features_of_example[example_id].append(index)
     offset_mappings = features["offset_mapping"]
+    cls_indices = features["cls_index"] if "cls_index" in features.column_names else [0] * len(features)
 
     answers, null_score_diffs = {}, {}
     for example in examples:
@@ -286,7 +299,7 @@ def postprocess_qa_predictions(
         candidates = []
         for index in features_of_example[example["id"]]:
             starts, ends, offsets = start_logits[index], end_logits[index], offset_mappings[index]
-            null_score = starts[0] + ends[0]
+            null_score = starts[cls_indices[index]] + ends[cls_indices[index]]
             if best_null_score is None or null_score < best_null_score:
                 best_null_score = null_score
             top_starts = np.argsort(starts)[-1: -n_best_size - 1: -1]

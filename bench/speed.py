@@ -36,7 +36,8 @@ sys.path.insert(0, REPO)
 from bench.report import replace_readme_section  # noqa: E402
 from bench.run import default_model, environment  # noqa: E402
 from sparsebert.jsonfile import write_json  # noqa: E402
-from sparsebert.onnx_export import INPUT_NAMES, export_onnx  # noqa: E402
+from sparsebert.families import input_names  # noqa: E402
+from sparsebert.onnx_export import export_onnx  # noqa: E402
 from sparsebert.recipe import load_recipe, quiet_sparseml_loggers, targeted_parameter_names  # noqa: E402
 from sparsebert.sparsity import zero_fraction  # noqa: E402
 
@@ -88,12 +89,14 @@ def quantize_one_shot(model, tokenizer, attention: bool):
     return model
 
 
-def batch(batch_size, seq_len, vocab_size, seed=0):
-    """Random ordinary tokens (ids above the special ones) with a full attention mask."""
+def batch(batch_size, seq_len, tokenizer, seed=0):
+    """Random ordinary tokens (ids above the special ones) with a full attention mask: the inputs the tokenizer
+    gives, in the exported file's order."""
     generator = np.random.default_rng(seed)
-    return {"input_ids": generator.integers(5, vocab_size, (batch_size, seq_len)).astype(np.int64),
+    full = {"input_ids": generator.integers(5, len(tokenizer), (batch_size, seq_len)).astype(np.int64),
             "attention_mask": np.ones((batch_size, seq_len), dtype=np.int64),
             "token_type_ids": np.zeros((batch_size, seq_len), dtype=np.int64)}
+    return {name: full[name] for name in input_names(tokenizer)}
 
 
 def time_rounds(runners: dict, rounds: int, repeats: int) -> dict:
@@ -134,7 +137,7 @@ def inference(model_dir, work, rounds, use_deepsparse):
         for shape_name, shape in (("latency 1x128", (1, 128)), (f"throughput {throughput_shape[0]}x"
                                                                   f"{throughput_shape[1]}", throughput_shape)):
             shape = (shape[0], min(shape[1], max_positions))
-            inputs = batch(*shape, vocab_size=len(tokenizer))
+            inputs = batch(*shape, tokenizer)
             runners = {}
             for variant, path in files.items():
                 options = onnxruntime.SessionOptions()
@@ -147,8 +150,8 @@ def inference(model_dir, work, rounds, use_deepsparse):
                     # compile_model fixes the input shapes in the file it is given: hand it a copy
                     copy = path.replace(".onnx", f"-{shape[0]}x{shape[1]}.onnx")
                     shutil.copyfile(path, copy)
-                    engine = compile_model(copy, batch_size=shape[0], input_shapes=[list(shape)] * 3)
-                    ordered = [inputs[name] for name in INPUT_NAMES]
+                    engine = compile_model(copy, batch_size=shape[0], input_shapes=[list(shape)] * len(inputs))
+                    ordered = list(inputs.values())
                     runners[("deepsparse", *variant)] = lambda e=engine: e.run(ordered)
             repeats = 20 if shape[0] == 1 else 3
             timings = time_rounds(runners, rounds, repeats)
@@ -164,13 +167,13 @@ def inference(model_dir, work, rounds, use_deepsparse):
 def training_overhead(model_dir, rounds, steps):
     """Seconds per optimizer step with and without a GMP recipe that updates its masks every step."""
     from datasets import Dataset
-    from transformers import AutoConfig, TrainingArguments
+    from transformers import AutoConfig, AutoTokenizer, TrainingArguments
 
     from sparsebert.trainer import SparseMLTrainer
 
     size = 16 * steps
     config = AutoConfig.from_pretrained(model_dir)
-    ids = batch(size, min(256, config.max_position_embeddings), config.vocab_size)["input_ids"]
+    ids = batch(size, min(256, config.max_position_embeddings), AutoTokenizer.from_pretrained(model_dir))["input_ids"]
     data = Dataset.from_dict({"input_ids": ids.tolist(), "start_positions": [5] * size, "end_positions": [9] * size})
     timings = {"no recipe": [], "GMP recipe": []}
     for _ in range(rounds):

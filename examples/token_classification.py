@@ -2,10 +2,13 @@
 """Sparsify a token-classification (NER) model from your own Hugging Face script: a task the project's
 scripts do not ship, in the four steps of the seed's "integrate SparseML with other projects" section.
 
-    pip install -e .        # once, from the repository root: `import sparsebert` works from anywhere
+    pip install -e .        # once, from the repository root (requirements.txt does it): `import sparsebert`
     python examples/token_classification.py --model_name_or_path bert-base-cased \
         --train_file train.jsonl --validation_file dev.jsonl --recipe recipes/90sparsity2epoch.yaml \
         --output_dir out/ner90
+
+(on the built-in demo: --model_name_or_path demo/tiny-bert --train_file demo/ner-train.jsonl
+--validation_file demo/ner-dev.jsonl, after `python -m sparsebert.demo demo`)
 
 Data: JSON Lines rows {"tokens": ["John", "lives", "in", "Paris"], "tags": ["B-PER", "O", "O", "B-LOC"]}.
 Everything below is an ordinary Hugging Face token-classification script; the four marked lines are what

@@ -165,11 +165,15 @@ def parse_args(dataclass_types, argv=None):
             raise UsageError(str(err).replace("Some specified arguments are not used by the HfArgumentParser",
                                               "unknown argument(s)")) from err
         given = {arg[2:].split("=", 1)[0].replace("-", "_") for arg in argv if arg.startswith("--")}
+    export_path = next((args.onnx_export_path for args in parsed if getattr(args, "onnx_export_path", None)), None)
     for args in parsed:
         if isinstance(args, TrainingArguments):
             args.given_flags = frozenset(given)
             if "output_dir" not in given:  # the Trainer would fall back to ./trainer_output
-                raise UsageError("--output_dir is required: the folder for the model, its metrics and its ONNX file")
+                if export_path is None:
+                    raise UsageError("--output_dir is required: the folder for the model, its metrics and its "
+                                     "ONNX file")
+                args.output_dir = export_path  # the seed's export command names only --onnx_export_path
             if "logging_steps" not in given:
                 args.logging_steps = 1 / LOGS_PER_RUN  # the Trainer reads a fraction as a share of the run's steps
     return parsed

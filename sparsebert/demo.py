@@ -1,7 +1,8 @@
 """A small built-in world to try the scripts without the Hub: a tiny BERT (random weights, word-level
 vocabulary) and a synthetic SQuAD-style question set it can learn in a minute on a CPU.
 
-    python -m sparsebert.demo demo        # writes demo/tiny-bert, demo/train-v1.1.json, demo/dev.jsonl
+    python -m sparsebert.demo demo        # writes demo/tiny-bert, demo/train-v1.1.json, demo/dev.jsonl (and
+                                          # demo/ner-{train,dev}.jsonl for examples/token_classification.py)
 
 Facts such as "the lamp is green." or "mia lives in oslo." fill each context; each question asks for one
 of them by its subject, so answering needs reading the question, not guessing a position.
@@ -80,6 +81,21 @@ def make_qa_examples(num_contexts: int, seed: int = 0, questions_per_context: in
     return rows
 
 
+def make_ner_examples(count: int, seed: int = 0) -> list[dict]:
+    """Token-classification rows {"tokens", "tags"}: demo facts, some after filler words, with people (PER),
+    cities (LOC) and years (DATE) tagged, for the own-script example."""
+    rng = random.Random(seed)
+    kinds = {**{n: "PER" for n in NAMES}, **{c: "LOC" for c in CITIES}, **{y: "DATE" for y in YEARS}}
+    rows = []
+    for _ in range(count):
+        statement, _, subjects, values = rng.choice(FACTS)
+        words = statement.format(s=rng.choice(subjects), v=rng.choice(values)).split()
+        if rng.random() < 0.5:
+            words = rng.sample(FILLER, k=rng.randint(1, 3)) + words
+        rows.append({"tokens": words, "tags": [f"B-{kinds[w]}" if w in kinds else "O" for w in words]})
+    return rows
+
+
 def to_official_squad(rows: list[dict]) -> dict:
     """The same rows in the official SQuAD layout: data -> paragraphs -> qas."""
     articles = {}
@@ -97,7 +113,8 @@ def to_official_squad(rows: list[dict]) -> dict:
 def write_demo(folder: str, train_contexts: int = 1500, dev_contexts: int = 150) -> dict:
     os.makedirs(folder, exist_ok=True)
     paths = {"model": os.path.join(folder, "tiny-bert"), "train": os.path.join(folder, "train-v1.1.json"),
-             "dev": os.path.join(folder, "dev.jsonl")}
+             "dev": os.path.join(folder, "dev.jsonl"), "ner_train": os.path.join(folder, "ner-train.jsonl"),
+             "ner_dev": os.path.join(folder, "ner-dev.jsonl")}
     make_bert().save_pretrained(paths["model"])
     make_tokenizer().save_pretrained(paths["model"])
     with open(paths["train"], "w") as handle:
@@ -105,6 +122,9 @@ def write_demo(folder: str, train_contexts: int = 1500, dev_contexts: int = 150)
     with open(paths["dev"], "w") as handle:
         for row in make_qa_examples(dev_contexts, seed=2):
             handle.write(json.dumps(row) + "\n")
+    for key, count, seed in (("ner_train", 400, 3), ("ner_dev", 80, 4)):  # for examples/token_classification.py
+        with open(paths[key], "w") as handle:
+            handle.writelines(json.dumps(row) + "\n" for row in make_ner_examples(count, seed))
     return paths
 
 

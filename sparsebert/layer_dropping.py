@@ -7,6 +7,7 @@ import torch
 from sparseml.pytorch.nn import Identity as SparsemlIdentity
 
 from sparsebert.errors import UsageError
+from sparsebert.families import encoder_layers, layer_list_owner
 
 logger = logging.getLogger(__name__)
 
@@ -35,14 +36,6 @@ def select_layers(num_layers: int, keep: int, selection: str = "seed") -> list[i
     return sorted({round(i * (num_layers - 1) / (keep - 1)) for i in range(keep)})
 
 
-def encoder_layers(model) -> torch.nn.ModuleList:
-    encoder = getattr(model.base_model, "encoder", None)
-    layers = getattr(encoder, "layer", None)
-    if not isinstance(layers, torch.nn.ModuleList):
-        raise UsageError(f"--layers_to_keep: cannot find the encoder layers of a {type(model).__name__}")
-    return layers
-
-
 def drop_layers(model, keep: list[int]):
     """Keep only the given encoder layers, renumbered, and record the new depth in the config so the saved
     model reloads (the seed left num_hidden_layers at 12)."""
@@ -52,8 +45,8 @@ def drop_layers(model, keep: list[int]):
         for module in layer.modules():
             if hasattr(module, "layer_idx"):
                 module.layer_idx = new_index
-    model.base_model.encoder.layer = kept
-    model.config.num_hidden_layers = len(keep)
+    layer_list_owner(model).layer = kept
+    model.config.num_hidden_layers = len(keep)  # DistilBERT's config maps it onto its own n_layers
     return model
 
 

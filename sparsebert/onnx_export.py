@@ -7,11 +7,11 @@ import warnings
 import numpy as np
 import torch
 
+from sparsebert.families import MODEL_INPUTS, input_names
 from sparsebert.jsonfile import write_json
 
 logger = logging.getLogger(__name__)
 
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 PARITY_TOLERANCE = 1e-4  # FP32: largest absolute logit difference, onnxruntime vs PyTorch
 # INT8 (a quantization-aware model exported with integer ops, against its fake-quantized PyTorch self): integer
 # arithmetic rounds differently, so the rule is on the answers: the same prediction (argmax) for at least 99% of
@@ -20,20 +20,23 @@ INT8_AGREEMENT, INT8_RELATIVE_TOLERANCE = 0.99, 0.05
 
 
 class _LogitsOnly(torch.nn.Module):
-    """Positional inputs in, the named logits out: what the exporter traces."""
+    """Positional inputs in (those the tokenizer gives, in file order), the named logits out: what the exporter
+    traces."""
 
-    def __init__(self, model, output_names):
+    def __init__(self, model, input_names, output_names):
         super().__init__()
         self.model = model
+        self.input_names = list(input_names)
         self.output_names = output_names
 
-    def forward(self, input_ids, attention_mask, token_type_ids):
-        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+    def forward(self, *inputs):
+        outputs = self.model(**dict(zip(self.input_names, inputs)))
         return tuple(outputs[name] for name in self.output_names)
 
 
 def make_batch(tokenizer, batch_size: int, seq_len: int, seed: int = 0) -> dict:
-    """Random token ids with a padded tail on every row but the first, as a real padded batch has."""
+    """Random token ids with a padded tail on every row but the first, as a real padded batch has; the inputs
+    the tokenizer gives (a second segment in token_type_ids where it has them)."""
     generator = torch.Generator().manual_seed(seed)
     special = set(tokenizer.all_special_ids)
     ordinary = torch.tensor([i for i in range(len(tokenizer)) if i not in special])
@@ -46,18 +49,16 @@ def make_batch(tokenizer, batch_size: int, seq_len: int, seed: int = 0) -> dict:
         length = max(2, seq_len - row * seq_len // (2 * batch_size))
         attention_mask[row, length:] = 0
         input_ids[row, length:] = tokenizer.pad_token_id
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+    return {name: batch[name] for name in input_names(tokenizer)}
 
 
 def batch_from_features(features, batch_size: int = 4) -> dict:
     """The first rows of a tokenized dataset, padded to their longest, as model inputs."""
     rows = features.select(range(min(batch_size, len(features))))
     longest = max(len(ids) for ids in rows["input_ids"])
-    batch = {}
-    for name in INPUT_NAMES:
-        values = rows[name] if name in rows.column_names else [[0] * len(ids) for ids in rows["input_ids"]]
-        batch[name] = torch.tensor([list(v) + [0] * (longest - len(v)) for v in values], dtype=torch.long)
-    return batch
+    return {name: torch.tensor([list(v) + [0] * (longest - len(v)) for v in rows[name]], dtype=torch.long)
+            for name in MODEL_INPUTS if name in rows.column_names}
 
 
 def export_onnx(model, tokenizer, export_dir: str, output_names, verify_batch: dict | None = None,
@@ -70,12 +71,19 @@ def export_onnx(model, tokenizer, export_dir: str, output_names, verify_batch: d
     operations (MatMulInteger); opset 13 at least, as sparseml needs for that."""
     parameter = next(model.parameters(), None)
     device, training = (parameter.device if parameter is not None else None), model.training
+    # SDPA attention exports as a graph that onnxruntime runs 1.35x slower than eager attention's (the same
+    # numbers; measured on MiniLM at 16 x 384): export the eager one
+    attention = getattr(model.config, "_attn_implementation", None)
+    if attention == "sdpa":
+        model.set_attn_implementation("eager")
     try:
         return _export_and_verify(model.to("cpu").eval(), tokenizer, export_dir, output_names, verify_batch, opset)
     finally:
         model.train(training)
         if device is not None:
             model.to(device)
+        if attention == "sdpa":
+            model.set_attn_implementation(attention)
 
 
 @torch.no_grad()
@@ -88,10 +96,11 @@ def _export_and_verify(model, tokenizer, export_dir: str, output_names, verify_b
 
     os.makedirs(export_dir, exist_ok=True)
     # eval(): a new Module starts in train mode, and the exporter restores that mode (dropout on) afterwards
-    wrapped = _LogitsOnly(model, list(output_names)).eval()
+    names = input_names(tokenizer)
+    wrapped = _LogitsOnly(model, names, list(output_names)).eval()
     # a padded row makes the tracer keep the attention-mask path (an all-ones mask can be optimized away)
     sample = make_batch(tokenizer, batch_size=2, seq_len=8)
-    dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
+    dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in names}
     dynamic_axes.update(_output_axes(wrapped, tokenizer, output_names))
 
     target = os.path.join(export_dir, "model.onnx")
@@ -99,14 +108,14 @@ def _export_and_verify(model, tokenizer, export_dir: str, output_names, verify_b
     quantized = is_quantized(model)
     with warnings.catch_warnings():  # the tracer's notes on Python-side shape arithmetic: checked below instead
         warnings.simplefilter("ignore")
-        arguments = tuple(sample[n] for n in INPUT_NAMES)
-        names = {"input_names": list(INPUT_NAMES), "output_names": list(output_names), "dynamo": False}
+        arguments = tuple(sample[n] for n in names)
+        io_names = {"input_names": names, "output_names": list(output_names), "dynamo": False}
         if quantized:
             sparseml_export_onnx(wrapped, arguments, tmp, opset=max(opset, 13), convert_qat=True,
-                                 dynamic_axes=dynamic_axes, **names)
+                                 dynamic_axes=dynamic_axes, **io_names)
         else:
             torch.onnx.export(wrapped, arguments, tmp, dynamic_axes=dynamic_axes, opset_version=opset,
-                              do_constant_folding=True, **names)
+                              do_constant_folding=True, **io_names)
     if quantized:
         signed_integer_weights(tmp)
     os.replace(tmp, target)
@@ -116,8 +125,8 @@ def _export_and_verify(model, tokenizer, export_dir: str, output_names, verify_b
     if verify_batch is None or tuple(verify_batch["input_ids"].shape) == tuple(sample["input_ids"].shape):
         verify_batch = make_batch(tokenizer, batch_size=3, seq_len=min(32, model.config.max_position_embeddings))
     session = onnxruntime.InferenceSession(target, providers=["CPUExecutionProvider"])
-    onnx_outputs = session.run(list(output_names), {n: verify_batch[n].numpy() for n in INPUT_NAMES})
-    torch_outputs = wrapped(*(verify_batch[n] for n in INPUT_NAMES))
+    onnx_outputs = session.run(list(output_names), {n: verify_batch[n].numpy() for n in names})
+    torch_outputs = wrapped(*(verify_batch[n] for n in names))
     mask = verify_batch["attention_mask"].numpy().astype(bool)
     max_diff = largest = 0.0
     agree = total = 0
@@ -171,7 +180,7 @@ def _output_axes(wrapped, tokenizer, output_names) -> dict:
     with torch.no_grad():
         for batch_size, seq_len in ((2, 8), (3, 9)):
             batch = make_batch(tokenizer, batch_size, seq_len)
-            shapes.append([tuple(out.shape) for out in wrapped(*(batch[n] for n in INPUT_NAMES))])
+            shapes.append([tuple(out.shape) for out in wrapped(*batch.values())])
     axes = {}
     for name, first, second in zip(output_names, *shapes):
         named = {(2, 3): "batch", (8, 9): "sequence"}

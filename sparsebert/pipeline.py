@@ -12,6 +12,7 @@ from sparsebert.cli import check_output_dir
 from sparsebert.errors import CheckFailed, Interrupted, UsageError
 from sparsebert.jsonfile import write_json
 from sparsebert.distillation import check_distillation_args, check_same_vocabulary
+from sparsebert.families import check_supported
 from sparsebert.onnx_export import export_onnx
 from sparsebert.quantization import load_quantized_model, saved_quantization_recipe
 from sparsebert.recipe import apply_recipe_epochs, load_recipe, save_recipe
@@ -138,6 +139,7 @@ def load_tokenizer_and_config(model_args, **config_kwargs):
                       lambda: AutoConfig.from_pretrained(config_name, cache_dir=model_args.cache_dir, **config_kwargs))
     tokenizer = _loading("--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path", tokenizer_name,
                          lambda: AutoTokenizer.from_pretrained(tokenizer_name, cache_dir=model_args.cache_dir))
+    check_supported(config, "--config_name" if model_args.config_name else "--model_name_or_path", config_name)
     if not tokenizer.is_fast:
         raise UsageError(f"--model_name_or_path {model_args.model_name_or_path}: needs a fast tokenizer "
                          f"(tokenizer.json), which the data preparation relies on for offsets")

@@ -61,8 +61,9 @@ def quantizable_attention(module, query, key, value, attention_mask, scaling=Non
 def install_quantizable_attention(model) -> int:
     """Give every self-attention module its two QuantizableMatMuls and switch the model to the attention that
     uses them; returns how many attention modules were changed (0: none found, the model is left as it was)."""
-    attention_modules = [m for m in model.modules()
-                         if all(isinstance(getattr(m, name, None), nn.Linear) for name in ("query", "key", "value"))]
+    projections = (("query", "key", "value"), ("q_lin", "k_lin", "v_lin"))  # BERT and RoBERTa, DistilBERT
+    attention_modules = [m for m in model.modules() if any(
+        all(isinstance(getattr(m, name, None), nn.Linear) for name in names) for names in projections)]
     if not attention_modules:
         return 0
     AttentionInterface.register(ATTENTION, quantizable_attention)

@@ -16,7 +16,8 @@ from sparseml.pytorch.optim import ScheduledModifierManager
 from torch.utils.data import DataLoader
 
 from sparsebert.errors import UsageError
-from sparsebert.layer_dropping import (check_whole_layers, encoder_layers, remove_skipped_layers,
+from sparsebert.families import encoder_layers
+from sparsebert.layer_dropping import (check_whole_layers, remove_skipped_layers,
                                        replace_identity_layers)
 from sparsebert.quantization import install_quantizable_attention, quantization_modifiers
 from sparsebert.recipe import modifier_parameter_names, quiet_sparseml_loggers

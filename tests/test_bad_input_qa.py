@@ -35,7 +35,8 @@ CASES = {
     "recipe not YAML": (["--nm_prune_config", "@bad_yaml"], r"--nm_prune_config .*bad.yaml: not valid YAML \(line \d+: expected ','"),
     "unknown modifier": (["--nm_prune_config", "@unknown_modifier"], r"unknown modifier !MagicPruningModifier \(line 2\)"),
     "params match nothing": (["--nm_prune_config", "@roberta_params"],
-                             r"params pattern 're:roberta.encoder.layer.\\d\+.attention.self.query.weight' of GMPruningModifier "
+                             r"params pattern 're:roberta.encoder.layer.\\d\+.attention.\(self.query\|q_lin\).weight' of "
+                             r"GMPruningModifier "
                              r"matches no parameter of this model"),
     "recipe_args not JSON": (["--nm_prune_config", GMP, "--recipe_args", "{num_epochs: 3}"], r"--recipe_args is not valid JSON"),
     "recipe_args without recipe": (["--recipe_args", '{"num_epochs": 3}'], r"--recipe_args needs --nm_prune_config"),
@@ -93,7 +94,7 @@ def bad_files(tmp_path, qa_model_dir):
         "base_model": base,
         "bad_yaml": _write(tmp_path, "bad.yaml", "modifiers:\n  - !EpochRangeModifier\n    end_epoch: [1\n"),
         "unknown_modifier": _write(tmp_path, "unknown.yaml", "modifiers:\n  - !MagicPruningModifier\n    x: 1\n"),
-        "roberta_params": _write(tmp_path, "roberta.yaml", open(GMP).read().replace("re:bert.", "re:roberta.")),
+        "roberta_params": _write(tmp_path, "roberta.yaml", open(GMP).read().replace("re:.*layer", "re:roberta.encoder.layer")),
         "broken_json": _write(tmp_path, "broken.json", '{"data": [{"title": '),
         "acdc": _write(tmp_path, "acdc.yaml", "modifiers:\n  - !ACDCPruningModifier\n    params: __ALL_PRUNABLE__\n"),
         "half_layer": _write(tmp_path, "half.yaml", LAYER_PRUNING.format(layer="bert.encoder.layer.1.attention",
@@ -132,6 +133,10 @@ def test_output_dir_is_required(qa_model_dir, squad_files, tmp_path, monkeypatch
     at = argv.index("--output_dir")
     del argv[at:at + 2]
     _expect_refusal(argv, r"--output_dir is required", tmp_path)
+    assert not (tmp_path / "trainer_output").exists()
+    # the seed's export command names only --onnx_export_path: the evaluation results go there too
+    run_qa.main(argv + ["--do_onnx_export", "--onnx_export_path", str(tmp_path / "exported")])
+    assert {"model.onnx", "eval_results.json"} <= set(os.listdir(tmp_path / "exported"))
     assert not (tmp_path / "trainer_output").exists()
 
 

@@ -8,7 +8,8 @@ import torch
 from onnx import numpy_helper
 
 from sparsebert.demo import make_bert, make_tokenizer
-from sparsebert.onnx_export import INPUT_NAMES, export_onnx, make_batch
+from sparsebert.families import input_names
+from sparsebert.onnx_export import export_onnx, make_batch
 
 
 def _prune_by_magnitude(model, fraction):
@@ -33,7 +34,7 @@ def test_onnx_matches_pytorch_on_two_shapes_and_keeps_zeros(tmp_path, num_labels
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
     for batch_size, seq_len in ((1, 16), (3, 40)):
         batch = make_batch(tokenizer, batch_size, seq_len, seed=seq_len)
-        onnx_out = session.run(list(outputs), {n: batch[n].numpy() for n in INPUT_NAMES})
+        onnx_out = session.run(list(outputs), {n: batch[n].numpy() for n in input_names(tokenizer)})
         with torch.no_grad():
             torch_out = model(**batch)
         mask = batch["attention_mask"].numpy().astype(bool)
