@@ -21,7 +21,6 @@ from sparsebert.glue import compute_task_metrics, get_task, label_text, load_glu
 from sparsebert.layer_dropping import drop_layers_if_asked
 from sparsebert.onnx_export import batch_from_features
 from sparsebert.sparsity import sparsity_report
-from sparsebert.trainer import SparseMLTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +112,8 @@ def main(argv=None):
                 handle.writelines("\t".join(row) + "\n" for row in [header] + rows)
 
     eval_split = task.eval_splits[0]
+    from sparsebert.trainer import SparseMLTrainer  # (sparseml loads here: the flags above are checked without it)
+
     trainer = SparseMLTrainer(
         model=model,
         args=training_args,

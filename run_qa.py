@@ -21,7 +21,6 @@ from sparsebert.layer_dropping import drop_layers_if_asked
 from sparsebert.metrics import squad_v1_metrics, squad_v2_metrics
 from sparsebert.onnx_export import batch_from_features
 from sparsebert.sparsity import sparsity_report
-from trainer_qa import QuestionAnsweringTrainer
 from utils_qa import (check_doc_stride, drop_misaligned_answers, load_squad_datasets, postprocess_qa_predictions,
                       tokenize_squad)
 
@@ -119,6 +118,8 @@ def main(argv=None):
             # it yields is directly a --null_score_diff_threshold
             return squad_v2_metrics(predictions["answers"], predictions["references"], predictions["null_score_diffs"])
         return squad_v1_metrics(predictions["answers"], predictions["references"])
+
+    from trainer_qa import QuestionAnsweringTrainer  # (sparseml loads here: the flags above are checked without it)
 
     trainer = QuestionAnsweringTrainer(
         model=model,

@@ -4,7 +4,6 @@ the layers a recipe's LayerPruningModifier removes."""
 import logging
 
 import torch
-from sparseml.pytorch.nn import Identity as SparsemlIdentity
 
 from sparsebert.errors import UsageError
 from sparsebert.families import encoder_layers, layer_list_owner
@@ -74,6 +73,8 @@ def check_whole_layers(model, names, recipe_path: str):
 
 def replace_identity_layers(model) -> list[int]:
     """Put a SkippedLayer wherever layer pruning left sparseml's Identity; returns those layer indices."""
+    from sparseml.pytorch.nn import Identity as SparsemlIdentity
+
     layers = encoder_layers(model)
     skipped = []
     for index, layer in enumerate(layers):

@@ -1,5 +1,6 @@
 """The steps every script runs in the same way: recipe and model set-up before training, then train, save,
-report sparsity, and export."""
+report sparsity, and export. (sparseml is imported where a recipe is first needed, so that --help and the
+refusals of bad flags answer without loading it.)"""
 
 import logging
 import os
@@ -14,8 +15,6 @@ from sparsebert.jsonfile import write_json
 from sparsebert.distillation import check_distillation_args, check_same_vocabulary
 from sparsebert.families import check_supported
 from sparsebert.onnx_export import export_onnx
-from sparsebert.quantization import load_quantized_model, saved_quantization_recipe
-from sparsebert.recipe import apply_recipe_epochs, load_recipe, save_recipe
 from sparsebert.sparsity import format_sparsity_table, sparsity_report
 
 logger = logging.getLogger(__name__)
@@ -82,6 +81,8 @@ def load_training_recipe(sparse_args, training_args, model_args, output_names, r
     modifiers need from this run is checked here, before any model or data is loaded."""
     if not (training_args.do_train and sparse_args.nm_prune_config):
         return None
+    from sparsebert.recipe import apply_recipe_epochs, load_recipe
+
     path = sparse_args.nm_prune_config
     manager = load_recipe(path, sparse_args.recipe_variables)
     for modifier in manager.distillation_modifiers:
@@ -177,6 +178,8 @@ def load_teacher(model_args, auto_model_class, student_tokenizer, manager=None, 
 def load_model(model_args, auto_model_class, config):
     """The model to train or evaluate: from_pretrained, or for a folder saved after quantization-aware training,
     its quantized structure (from the recipe.yaml beside it) before its weights."""
+    from sparsebert.quantization import load_quantized_model, saved_quantization_recipe
+
     path = model_args.model_name_or_path
     manager = saved_quantization_recipe(path) if os.path.isdir(path) else None
     if manager is not None:
@@ -193,6 +196,8 @@ def check_max_seq_length(max_seq_length: int, config, flag: str = "--max_seq_len
 
 def train_and_save(trainer, training_args, sparse_args, manager, tokenizer, num_train_examples: int):
     """Train (resuming when asked), then save the model the HF way with its recipe and sparsity report."""
+    from sparsebert.recipe import save_recipe
+
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     if trainer.graceful_stop.signal is not None:
         name = signal.Signals(trainer.graceful_stop.signal).name
