@@ -70,6 +70,47 @@ FINDINGS = (
 )
 
 
+# What the recovery and INT8 rows are measured against: the best row at each sparsity keeps this share of the dense
+# score (%), and INT8 costs at most this many points against the FP32 row it was trained from.
+RECOVERY_GOALS = {"squad": {0.8: 95.0, 0.9: 85.0}, "sst2": {0.8: 99.0, 0.9: 97.0}}
+INT8_GOAL_POINTS = 1.0
+
+
+def _is_int8(row) -> bool:
+    return "INT8" in row["method"]
+
+
+def goals_table(results: dict) -> str:
+    """The best FP32 row at each target sparsity against its share-of-dense goal, and each INT8 row against the
+    FP32 row it started from."""
+    table, rows = results["table"], results["rows"]
+    if table not in RECOVERY_GOALS or "dense" not in rows:
+        return ""
+    label, key = METRICS[table][0]
+
+    def score(name):
+        return _percent(table, rows[name]["metrics"][key])
+
+    dense = score("dense")
+    lines = [f"| goal | row | {label} | dense {label} | result | met? |", "|---|---|---|---|---|---|"]
+    for sparsity, goal in RECOVERY_GOALS[table].items():
+        candidates = [n for n, r in rows.items() if not _is_int8(r) and abs(r["sparsity"] - sparsity) < 0.005]
+        if not candidates:
+            continue
+        best = max(candidates, key=score)
+        share = 100 * score(best) / dense
+        lines.append(f"| best {100 * sparsity:.0f}% row keeps >= {goal:g}% of dense | {best} | {score(best):.2f} | "
+                     f"{dense:.2f} | {share:.1f}% | {'yes' if share >= goal else f'**no** ({share - goal:+.1f})'} |")
+    for name, row in rows.items():
+        fp32 = row.get("start_from")
+        if not _is_int8(row) or fp32 not in rows:
+            continue
+        lost = score(fp32) - score(name)
+        lines.append(f"| INT8 costs <= {INT8_GOAL_POINTS:g} point | {name} vs {fp32} | {score(name):.2f} | {dense:.2f} | "
+                     f"{-lost:+.2f} points | {'yes' if lost <= INT8_GOAL_POINTS else '**no**'} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def findings_table(results: dict) -> str:
     """Each of the seed's findings that this table's rows can test: the difference and whether it holds."""
     table, rows = results["table"], results["rows"]
@@ -88,7 +129,8 @@ def findings_table(results: dict) -> str:
 METHOD_COLORS = {"GMP": "tab:blue", "GMP + distill": "tab:orange", "one-shot": "tab:purple",
                  "layer dropping": "tab:green", "layer dropping + distill": "tab:red",
                  "GMP from fine-tuned + distill": "tab:brown", "OBS from fine-tuned + distill": "tab:pink",
-                 "OBS one-shot": "tab:olive"}
+                 "OBS one-shot": "tab:olive", "dense + INT8": "black",
+                 "OBS from fine-tuned + INT8 + distill": "tab:cyan"}
 
 
 def plot(all_results: list, path: str):
@@ -149,9 +191,9 @@ def regenerate(results_dir: str, readme: str | None = None):
         with open(os.path.join(results_dir, f"{results['table']}.md"), "w") as handle:
             handle.write(f"**{TITLES.get(results['table'], results['table'])}** — {results['budget']}\n\n")
             handle.write(markdown_table(results) + "\n")
-            findings = findings_table(results)
-            if findings:
-                handle.write(f"\n{findings}\n")
+            for extra in (goals_table(results), findings_table(results)):
+                if extra:
+                    handle.write(f"\n{extra}\n")
     order = list(METRICS)
     all_results.sort(key=lambda r: order.index(r["table"]) if r["table"] in order else len(order))
     plot(all_results, os.path.join(results_dir, "accuracy_vs_sparsity.png"))
@@ -175,9 +217,9 @@ def _update_readme(readme, all_results):
     for results in all_results:
         if results["table"] == "tiny":
             continue
-        findings = findings_table(results)
+        extras = "".join(f"\n\n{extra}" for extra in (goals_table(results), findings_table(results)) if extra)
         sections.append(f"**{TITLES.get(results['table'], results['table'])}** — {results['budget']}\n\n"
-                        + markdown_table(results) + (f"\n\n{findings}" if findings else ""))
+                        + markdown_table(results) + extras)
     body = "\n\n".join(sections) or "_No benchmark row has finished yet._"
     if any(r["rows"] for r in all_results if r["table"] != "tiny"):
         body += "\n\n![accuracy against sparsity](bench/results/accuracy_vs_sparsity.png)"

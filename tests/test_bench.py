@@ -63,6 +63,27 @@ def test_findings_table_says_which_of_the_seeds_findings_hold():
     assert findings_table({"table": "squad", "rows": {"dense": _row(75.0)}}) == ""
 
 
+def test_goals_table_measures_the_best_row_per_sparsity_and_int8_against_its_fp32_row():
+    from bench.report import goals_table
+
+    def row(f1, sparsity, method="GMP", **extra):
+        return _row(f1, sparsity=sparsity, method=method, **extra)
+
+    results = {"table": "squad", "rows": {
+        "dense": row(80.0, 0.0, "dense"), "gmp80": row(60.0, 0.8), "ft_obs80": row(77.0, 0.8),
+        "ft_obs90": row(64.0, 0.9),
+        "ft_obs80_int8": row(75.5, 0.8, "OBS + INT8", start_from="ft_obs80"),  # scores best at 80% but is INT8
+        "dense_int8": row(79.5, 0.0, "dense + INT8", start_from="dense")}}
+    lines = goals_table(results).splitlines()
+    # 77 / 80 = 96.25% >= 95%; 64 / 80 = 80% < 85%
+    assert "| best 80% row keeps >= 95% of dense | ft_obs80 | 77.00 | 80.00 | 96.2% | yes |" in lines
+    assert "| best 90% row keeps >= 85% of dense | ft_obs90 | 64.00 | 80.00 | 80.0% | **no** (-5.0) |" in lines
+    assert "| INT8 costs <= 1 point | ft_obs80_int8 vs ft_obs80 | 75.50 | 80.00 | -1.50 points | **no** |" in lines
+    assert "| INT8 costs <= 1 point | dense_int8 vs dense | 79.50 | 80.00 | -0.50 points | yes |" in lines
+    assert len(lines) == 6
+    assert goals_table({"table": "mrpc", "rows": results["rows"]}) == ""  # no goals set for that table
+
+
 def test_train_time_of_a_resumed_row_is_extrapolated_from_its_last_attempt():
     from bench.report import train_time
 
