@@ -188,9 +188,12 @@ def _sparseml_cyclic_linear(modifier, epoch: float, steps_per_epoch: int) -> flo
 
 
 def schedule_epochs(manager: ScheduledModifierManager) -> float | None:
-    """Epochs the recipe's schedule spans (its last end_epoch), or None if it sets no length."""
-    epochs = manager.max_epochs
-    return float(epochs) if epochs and epochs > 0 else None
+    """Epochs the recipe's schedule spans (its last start or end epoch), or None if it sets no length. Exact, not
+    sparseml's manager.max_epochs, which rounds up to whole epochs: a 0.001-epoch one-shot recipe would train a
+    whole epoch, and its pruning modifier would run again at its end_epoch."""
+    epochs = [float(epoch) for modifier in manager.iter_modifiers()
+              for epoch in (modifier.start_epoch, modifier.end_epoch) if epoch > -1]
+    return max(epochs) if epochs and max(epochs) > 0 else None
 
 
 def apply_recipe_epochs(manager: ScheduledModifierManager, training_args, recipe_path: str):

@@ -8,7 +8,7 @@ from transformers import TrainingArguments
 from conftest import RECIPES
 from helpers import SparsityRecorder, random_qa_dataset
 from sparsebert.demo import make_bert
-from sparsebert.recipe import load_recipe, targeted_parameter_names
+from sparsebert.recipe import load_recipe, schedule_epochs, targeted_parameter_names
 from sparsebert.trainer import SparseMLTrainer
 
 ENCODER_WEIGHTS = ("attention.self.query.weight", "attention.self.key.weight", "attention.self.value.weight",
@@ -19,7 +19,7 @@ def _train(tmp_path, recipe, recipe_variables=None, batch_size=8, accumulation=1
     model = make_bert(hidden_size=32, num_layers=num_layers)
     manager = load_recipe(os.path.join(RECIPES, recipe), recipe_variables)
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=batch_size,
-                             gradient_accumulation_steps=accumulation, num_train_epochs=manager.max_epochs,
+                             gradient_accumulation_steps=accumulation, num_train_epochs=schedule_epochs(manager),
                              learning_rate=1e-3, report_to="none", save_strategy="no", disable_tqdm=True,
                              use_cpu=True, seed=0)
     trainer = SparseMLTrainer(model=model, args=args, train_dataset=random_qa_dataset(rows), recipe=manager)
@@ -54,6 +54,16 @@ def test_one_shot_prunes_at_the_first_step(tmp_path):
     for name in targeted:
         assert history[0][name] == pytest.approx(0.90, abs=0.01)
         assert history[-1][name] == pytest.approx(0.90, abs=0.01)
+
+
+def test_a_fractional_schedule_trains_exactly_its_length(tmp_path):
+    # 6 steps per epoch; a half-epoch recipe is 3 optimizer steps, not the whole epoch sparseml rounds up to
+    assert schedule_epochs(load_recipe(os.path.join(RECIPES, "obs_oneshot80.yaml"))) == 0.001
+    _, targeted, history, trainer = _train(tmp_path, "90sparsity1shot.yaml",
+                                           {"num_epochs": 0.5, "pruning_end_epoch": 0.5})
+    assert trainer.steps_per_epoch == 6
+    assert trainer.state.global_step == 3 == len(history)
+    assert history[-1][targeted[0]] == pytest.approx(0.90, abs=0.01)
 
 
 def test_sparsity_follows_the_cubic_schedule(tmp_path):
