@@ -30,7 +30,7 @@ def markdown_table(results: dict) -> str:
     header += [name for name, _ in metric_columns] + ["train time"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in results["rows"].items():
-        cells = [name, row["method"], f"{100 * row['sparsity']:.0f}%", f"{row['epochs']:g}",
+        cells = [name, row["method"], f"{100 * row['sparsity']:.0f}%", f"{row['epochs']:.3g}",
                  f"{row['pruning_epochs']:g}", "yes" if row["distilled"] else "no", str(row["layers"]),
                  f"{row['nonzero_parameters']:,}"]
         cells += [f"{_percent(table, row['metrics'][key]):.2f}" if key in row["metrics"] else "-"
