@@ -7,7 +7,8 @@ own Pipeline at each folder, and compare its answers on real dev examples with o
 
 Each folder needs what training with --do_onnx_export leaves there: the model (for the PyTorch side), model.onnx,
 config and tokenizer. It passes when at least 99% of the answers agree (QA: the same answer text; SST-2: the same
-label). Results: bench/results/deploy_check.json and .md, one row per folder, FP32 or INT8 as its export says.
+label). Results: bench/results/deploy_check.json and .md, one row per folder, FP32 or INT8 as its export says; a
+folder checked again replaces its row, the others' rows stay.
 """
 
 import argparse
@@ -16,6 +17,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
@@ -111,10 +113,18 @@ def check_folder(python, task, folder, examples) -> dict:
     agree = sum(str(theirs[k]).strip() == str(ours[k]).strip() for k in ours)
     with open(os.path.join(folder, "onnx_parity.json")) as handle:
         precision = json.load(handle).get("precision", "fp32")
-    return {"folder": os.path.relpath(folder, REPO), "task": task, "precision": precision, "examples": len(ours),
+    return {"folder": os.path.relpath(folder, REPO), "task": task, "precision": precision,
+            "checked_on": time.strftime("%Y-%m-%d"), "examples": len(ours),
             "agreement": agree / len(ours), "passes": agree / len(ours) >= AGREEMENT,
             "disagreements": {k: {"deepsparse": theirs[k], "pytorch": ours[k]}
                               for k in ours if str(theirs[k]).strip() != str(ours[k]).strip()}}
+
+
+def previous_rows(path: str) -> list[dict]:
+    if not os.path.isfile(path):
+        return []
+    with open(path) as handle:
+        return json.load(handle).get("folders", [])
 
 
 def markdown(results) -> str:
@@ -139,18 +149,21 @@ def main():
 
     QA_SETTINGS.update(sequence_length=args.max_seq_length, doc_stride=args.doc_stride)
     python = deploy_python(args.deploy_env)
-    rows = []
+    checked = []
     for task, folders, examples in (("qa", args.qa, squad_examples), ("sst2", args.sst2, sst2_examples)):
         for folder in folders:
-            rows.append(check_folder(python, task, os.path.abspath(folder), examples(args.data_dir, args.examples)))
-            print(f"[deploy] {folder}: {100 * rows[-1]['agreement']:.1f}% the same answer", flush=True)
+            checked.append(check_folder(python, task, os.path.abspath(folder), examples(args.data_dir, args.examples)))
+            print(f"[deploy] {folder}: {100 * checked[-1]['agreement']:.1f}% the same answer", flush=True)
+    # folders checked in earlier runs (another session, another model) keep their rows unless checked again
+    names = {row["folder"] for row in checked}
+    rows = [row for row in previous_rows(f"{args.results}.json") if row["folder"] not in names] + checked
     results = {"folders": rows, "rule": f"same answer text (QA) or label (SST-2) for >= {AGREEMENT:.0%}",
                "qa_settings": QA_SETTINGS, "environment": environment()}
     write_json(f"{args.results}.json", results)
     with open(f"{args.results}.md", "w") as handle:
         handle.write(markdown(results) + "\n")
     print(markdown(results))
-    sys.exit(0 if all(row["passes"] for row in rows) else 1)
+    sys.exit(0 if all(row["passes"] for row in checked) else 1)
 
 
 if __name__ == "__main__":
