@@ -29,6 +29,8 @@ from sparsebert.jsonfile import write_json  # noqa: E402
 AGREEMENT = 0.99
 QA_SETTINGS = {"sequence_length": 256, "doc_stride": 128, "max_question_length": 64, "max_answer_length": 30,
                "n_best_size": 20}
+SST2_SETTINGS = {"sequence_length": 64}
+EXAMPLES = {"qa": 1000, "sst2": None}  # default examples per folder (None: the whole dev set, SST-2's 872)
 
 
 def deploy_python(env_dir: str) -> str:
@@ -49,13 +51,13 @@ def squad_examples(data_dir: str, count: int) -> list[dict]:
                  "answers": {"text": [a["text"] for a in qa["answers"]],
                              "answer_start": [a["answer_start"] for a in qa["answers"]]}}
                 for article in articles for paragraph in article["paragraphs"] for qa in paragraph["qas"]]
-    return examples[:count]
+    return examples[:count] if count else examples
 
 
 def sst2_examples(data_dir: str, count: int) -> list[dict]:
     with open(os.path.join(data_dir, "glue", "SST-2", "dev.tsv")) as handle:
         rows = [line.rstrip("\n").split("\t") for line in handle][1:]
-    return [{"id": str(i), "sentence": sentence} for i, (sentence, _) in enumerate(rows[:count])]
+    return [{"id": str(i), "sentence": sentence} for i, (sentence, _) in enumerate(rows[:count] if count else rows)]
 
 
 def deepsparse_predictions(python, task, folder, examples, settings, work) -> dict:
@@ -96,25 +98,26 @@ def pytorch_sst2_predictions(folder, examples) -> dict:
     predictions = {}
     with torch.no_grad():
         for example in examples:
-            logits = model(**tokenizer(example["sentence"], return_tensors="pt", truncation=True, max_length=64)).logits
+            logits = model(**tokenizer(example["sentence"], return_tensors="pt", truncation=True,
+                                         max_length=SST2_SETTINGS["sequence_length"])).logits
             predictions[example["id"]] = config.id2label[int(logits.argmax(-1))]
     return predictions
 
 
 def check_folder(python, task, folder, examples) -> dict:
+    settings = dict(QA_SETTINGS) if task == "qa" else dict(SST2_SETTINGS)
     with tempfile.TemporaryDirectory() as work:
         if task == "qa":
-            theirs = deepsparse_predictions(python, "question-answering", folder, examples, QA_SETTINGS, work)
+            theirs = deepsparse_predictions(python, "question-answering", folder, examples, settings, work)
             ours = pytorch_qa_predictions(folder, examples, work)
         else:
-            theirs = deepsparse_predictions(python, "text-classification", folder, examples,
-                                            {"sequence_length": 64}, work)
+            theirs = deepsparse_predictions(python, "text-classification", folder, examples, settings, work)
             ours = pytorch_sst2_predictions(folder, examples)
     agree = sum(str(theirs[k]).strip() == str(ours[k]).strip() for k in ours)
     with open(os.path.join(folder, "onnx_parity.json")) as handle:
         precision = json.load(handle).get("precision", "fp32")
     return {"folder": os.path.relpath(folder, REPO), "task": task, "precision": precision,
-            "checked_on": time.strftime("%Y-%m-%d"), "examples": len(ours),
+            "examples": len(ours), "pipeline_settings": settings, "environment": environment(),
             "agreement": agree / len(ours), "passes": agree / len(ours) >= AGREEMENT,
             "disagreements": {k: {"deepsparse": theirs[k], "pytorch": ours[k]}
                               for k in ours if str(theirs[k]).strip() != str(ours[k]).strip()}}
@@ -128,10 +131,12 @@ def previous_rows(path: str) -> list[dict]:
 
 
 def markdown(results) -> str:
-    lines = ["| folder | task | precision | examples | same answer | passes (>= 99%) |", "|---|---|---|---|---|---|"]
+    lines = ["| folder | task | precision | examples | same answer | passes (>= 99%) | checked |",
+             "|---|---|---|---|---|---|---|"]
     for row in results["folders"]:
         lines.append(f"| `{row['folder']}` | {row['task']} | {row['precision']} | {row['examples']} | "
-                     f"{100 * row['agreement']:.1f}% | {'yes' if row['passes'] else '**no**'} |")
+                     f"{100 * row['agreement']:.1f}% | {'yes' if row['passes'] else '**no**'} | "
+                     f"{row['environment']['date']} |")
     return "\n".join(lines)
 
 
@@ -140,7 +145,8 @@ def main():
     parser.add_argument("--data_dir", required=True, help="../shared/data")
     parser.add_argument("--qa", nargs="*", default=[], help="export folders of question-answering models")
     parser.add_argument("--sst2", nargs="*", default=[], help="export folders of SST-2 models")
-    parser.add_argument("--examples", type=int, default=500, help="dev examples per folder")
+    parser.add_argument("--examples", type=int, help="dev examples per folder (default: 1,000 SQuAD questions, every "
+                        "SST-2 sentence; 0: the whole dev set)")
     parser.add_argument("--max_seq_length", type=int, default=QA_SETTINGS["sequence_length"], help="QA windows")
     parser.add_argument("--doc_stride", type=int, default=QA_SETTINGS["doc_stride"], help="QA window overlap")
     parser.add_argument("--deploy_env", default=os.path.join(REPO, ".venv-deploy"))
@@ -152,13 +158,13 @@ def main():
     checked = []
     for task, folders, examples in (("qa", args.qa, squad_examples), ("sst2", args.sst2, sst2_examples)):
         for folder in folders:
-            checked.append(check_folder(python, task, os.path.abspath(folder), examples(args.data_dir, args.examples)))
+            count = EXAMPLES[task] if args.examples is None else args.examples
+            checked.append(check_folder(python, task, os.path.abspath(folder), examples(args.data_dir, count)))
             print(f"[deploy] {folder}: {100 * checked[-1]['agreement']:.1f}% the same answer", flush=True)
     # folders checked in earlier runs (another session, another model) keep their rows unless checked again
     names = {row["folder"] for row in checked}
     rows = [row for row in previous_rows(f"{args.results}.json") if row["folder"] not in names] + checked
-    results = {"folders": rows, "rule": f"same answer text (QA) or label (SST-2) for >= {AGREEMENT:.0%}",
-               "qa_settings": QA_SETTINGS, "environment": environment()}
+    results = {"folders": rows, "rule": f"same answer text (QA) or label (SST-2) for >= {AGREEMENT:.0%}"}
     write_json(f"{args.results}.json", results)
     with open(f"{args.results}.md", "w") as handle:
         handle.write(markdown(results) + "\n")

@@ -36,9 +36,10 @@ def markdown_table(results: dict) -> str:
         cells += [f"{_percent(table, row['metrics'][key]):.2f}" if key in row["metrics"] else "-"
                   for _, key in metric_columns]
         cells.append(train_time(row))
-        start = results["rows"].get(row.get("start_from") or "")
-        if start:  # its cost includes the model it starts from
-            cells[-1] += f" + {row['start_from']} {train_time(start)}"
+        start_from = row.get("start_from") or ""
+        start = row.get("start_points", {}).get(start_from) or results["rows"].get(start_from)
+        if start:  # its cost includes the model it starts from, as trained on the machine that ran this row
+            cells[-1] += f" + {start_from} {train_time(start)}"
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -47,7 +48,7 @@ def train_time(row) -> str:
     """Training minutes; a row resumed from a checkpoint timed only its last attempt, so its total is
     extrapolated from that attempt's steps (marked ≈)."""
     seconds, resumed = row.get("train_runtime_s"), row.get("resumed_from_step", 0)
-    if not seconds or resumed >= row["global_steps"]:  # resumed from its final checkpoint: nothing was timed
+    if not seconds or resumed >= row.get("global_steps", 1):  # resumed from its final checkpoint: nothing was timed
         return "-"
     if resumed:
         seconds *= row["global_steps"] / (row["global_steps"] - resumed)

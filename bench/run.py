@@ -8,8 +8,8 @@ with a recipe file from recipes/.
 
 Each finished row is appended to bench/results/<table>.json at once, and the Markdown tables, the plot and the
 README section are regenerated from the JSON, so an interrupted run loses at most the row in progress; a row
-cut off mid-training resumes from its last checkpoint (every 500 optimizer steps: 10-25 minutes of a row here, so a
-row longer than a session continues in the next).
+cut off mid-training resumes from its last checkpoint (every 500 optimizer steps: 10-25 minutes of a row here), as long
+as --work_dir is still there: on a fresh machine a row, and the rows it starts from, train again from the start.
 """
 
 import argparse
@@ -195,8 +195,22 @@ def run_row(script, common, row, work_dir, table, budget):
         "resumed_from_step": int(resumed.rsplit("-", 1)[1]) if resumed else 0,
         "wall_s": round(time.time() - started, 1),
         "onnx_parity_max_abs_diff": read("onnx_parity.json")["max_abs_diff"],
+        "start_points": start_points(row, work_dir, table),
         "environment": environment(),
     }
+
+
+def start_points(row: Row, work_dir, table) -> dict:
+    """The models this row started from and distilled from, as they were on this machine: their scores and training
+    time. A start point trained again on another machine than its recorded row may score and take otherwise, and
+    the row's share of dense and its total cost are measured against the model it really used."""
+    points = {}
+    for name in dict.fromkeys(n for n in (row.start_from, row.teacher) if n):
+        with open(os.path.join(work_dir, table, name, "all_results.json")) as handle:
+            results = json.load(handle)
+        points[name] = {"metrics": {k: v for k, v in results.items() if k.startswith("eval_") and isinstance(v, float)},
+                        "train_runtime_s": results.get("train_runtime")}
+    return points
 
 
 def pruning_epochs(recipe_path, recipe_args) -> float:

@@ -29,6 +29,9 @@ def test_tiny_benchmark_writes_rows_and_resumes(tmp_path):
     assert recovery["command"][at + 1].endswith(os.path.join("tiny", "dense")) and recovery["start_from"] == "dense"
     assert abs(recovery["sparsity"] - 0.80) < 0.01
     assert "| ft_gmp80_distill | GMP from fine-tuned | 80% |" in markdown and " + dense " in markdown
+    # ... and records that model as it was on this machine: the start point (and teacher) really used
+    assert recovery["start_points"]["dense"]["metrics"] == dense["metrics"]
+    assert recovery["start_points"]["dense"]["train_runtime_s"] == dense["train_runtime_s"]
 
     # finished rows are not run again
     again = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
