@@ -3,9 +3,10 @@
 transformers pipelines, from bench/deploy-requirements.txt: they cannot share our environment), point DeepSparse's
 own Pipeline at each folder, and compare its answers on real dev examples with our PyTorch model's.
 
-    python bench/deploy_check.py --data_dir ../shared/data --qa bench/work/squad/dense --sst2 bench/work/sst2/dense
+    python bench/deploy_check.py --data_dir ../shared/data --qa squad/dense --sst2 sst2/dense sst2/dense_int8
 
-Each folder needs what training with --do_onnx_export leaves there: the model (for the PyTorch side), model.onnx,
+A folder is a path, or a row of the benchmark's work folder (bench/run.py --work_dir: `sst2/dense`). Each folder
+needs what training with --do_onnx_export leaves there: the model (for the PyTorch side), model.onnx,
 config and tokenizer. It passes when at least 99% of the answers agree (QA: the same answer text; SST-2: the same
 label). Results: bench/results/deploy_check.json and .md, one row per folder, FP32 or INT8 as its export says; a
 folder checked again replaces its row, the others' rows stay.
@@ -23,7 +24,7 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 sys.path.insert(0, REPO)
 
-from bench.run import environment  # noqa: E402
+from bench.run import default_work_dir, environment  # noqa: E402
 from sparsebert.jsonfile import write_json  # noqa: E402
 
 AGREEMENT = 0.99
@@ -104,7 +105,7 @@ def pytorch_sst2_predictions(folder, examples) -> dict:
     return predictions
 
 
-def check_folder(python, task, folder, examples) -> dict:
+def check_folder(python, task, folder, label, examples) -> dict:
     settings = dict(QA_SETTINGS) if task == "qa" else dict(SST2_SETTINGS)
     with tempfile.TemporaryDirectory() as work:
         if task == "qa":
@@ -116,11 +117,23 @@ def check_folder(python, task, folder, examples) -> dict:
     agree = sum(str(theirs[k]).strip() == str(ours[k]).strip() for k in ours)
     with open(os.path.join(folder, "onnx_parity.json")) as handle:
         precision = json.load(handle).get("precision", "fp32")
-    return {"folder": os.path.relpath(folder, REPO), "task": task, "precision": precision,
+    return {"folder": label, "task": task, "precision": precision,
             "examples": len(ours), "pipeline_settings": settings, "environment": environment(),
             "agreement": agree / len(ours), "passes": agree / len(ours) >= AGREEMENT,
             "disagreements": {k: {"deepsparse": theirs[k], "pytorch": ours[k]}
                               for k in ours if str(theirs[k]).strip() != str(ours[k]).strip()}}
+
+
+def resolve_folder(folder: str, work_dir: str) -> tuple[str, str]:
+    """(the folder's path, its name in the results): a benchmark row by its name in the work folder, or a path."""
+    in_work = os.path.join(work_dir, folder)
+    if not os.path.isdir(folder) and os.path.isdir(in_work):
+        return os.path.abspath(in_work), folder
+    path = os.path.abspath(folder)
+    if not os.path.isdir(path):
+        raise SystemExit(f"deploy_check.py: {folder} is neither a folder nor a row of {work_dir}")
+    inside = os.path.commonpath([path, os.path.abspath(work_dir)]) == os.path.abspath(work_dir)
+    return path, os.path.relpath(path, work_dir if inside else REPO)
 
 
 def previous_rows(path: str) -> list[dict]:
@@ -149,6 +162,7 @@ def main():
                         "SST-2 sentence; 0: the whole dev set)")
     parser.add_argument("--max_seq_length", type=int, default=QA_SETTINGS["sequence_length"], help="QA windows")
     parser.add_argument("--doc_stride", type=int, default=QA_SETTINGS["doc_stride"], help="QA window overlap")
+    parser.add_argument("--work_dir", default=default_work_dir(), help="the benchmark's work folder (bench/run.py)")
     parser.add_argument("--deploy_env", default=os.path.join(REPO, ".venv-deploy"))
     parser.add_argument("--results", default=os.path.join(BENCH, "results", "deploy_check"))
     args = parser.parse_args()
@@ -159,7 +173,8 @@ def main():
     for task, folders, examples in (("qa", args.qa, squad_examples), ("sst2", args.sst2, sst2_examples)):
         for folder in folders:
             count = EXAMPLES[task] if args.examples is None else args.examples
-            checked.append(check_folder(python, task, os.path.abspath(folder), examples(args.data_dir, count)))
+            path, label = resolve_folder(folder, args.work_dir)
+            checked.append(check_folder(python, task, path, label, examples(args.data_dir, count)))
             print(f"[deploy] {folder}: {100 * checked[-1]['agreement']:.1f}% the same answer", flush=True)
     # folders checked in earlier runs (another session, another model) keep their rows unless checked again
     names = {row["folder"] for row in checked}

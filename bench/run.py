@@ -9,7 +9,9 @@ with a recipe file from recipes/.
 Each finished row is appended to bench/results/<table>.json at once, and the Markdown tables, the plot and the
 README section are regenerated from the JSON, so an interrupted run loses at most the row in progress; a row
 cut off mid-training resumes from its last checkpoint (every 500 optimizer steps: 10-25 minutes of a row here), as long
-as --work_dir is still there: on a fresh machine a row, and the rows it starts from, train again from the start.
+as --work_dir is still there. It lies outside the checkout (~/.cache/sparsebert/bench-work, or $SPARSEBERT_BENCH_WORK),
+so a fresh clone on the same machine finds the models and checkpoints of earlier runs; on a fresh machine a row, and
+the rows it starts from, train again from the start.
 """
 
 import argparse
@@ -242,7 +244,8 @@ def main():
     parser.add_argument("--tables", nargs="*", help="squad, sst2, mrpc, rte (default: all)")
     parser.add_argument("--rows", nargs="*", help="only these row names, run in this order")
     parser.add_argument("--results_dir", default=os.path.join(BENCH, "results"))
-    parser.add_argument("--work_dir", default=os.path.join(BENCH, "work"), help="models and logs (not committed)")
+    parser.add_argument("--work_dir", default=default_work_dir(),
+                        help="models, checkpoints and logs (default: %(default)s)")
     parser.add_argument("--tiny", action="store_true", help="run the harness on the built-in demo only")
     parser.add_argument("--no_readme", action="store_true", help="do not rewrite the README's tables")
     args = parser.parse_args()
@@ -282,6 +285,12 @@ def main():
             write_json(path, results)  # each row is kept the moment it is done
             regenerate(args.results_dir, readme)
     regenerate(args.results_dir, readme)
+
+
+def default_work_dir() -> str:
+    """Outside the checkout, so that a fresh clone on the same machine resumes the rows of an earlier one."""
+    return os.environ.get("SPARSEBERT_BENCH_WORK") or os.path.join(os.path.expanduser("~"), ".cache", "sparsebert",
+                                                                     "bench-work")
 
 
 def default_model():
