@@ -102,6 +102,20 @@ def saved_quantization_recipe(folder: str) -> ScheduledModifierManager | None:
     return manager if quantization_modifiers(manager) else None
 
 
+def _disable_unsaved_fixed_range_quantizers(model, saved_keys) -> list[str]:
+    """torch gives a Tanh (the classifier pooler's) a fake-quantizer of fixed range (scale 2/256 for [-1, 1]).
+    In training it does not act and its buffers are not saved; rebuilt from the recipe it would act. Switch off
+    each one the saved file lacks, so the reloaded model computes what the trained one did; returns their keys."""
+    unsaved = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.ao.quantization.FixedQParamsFakeQuantize):
+            keys = [f"{name}.{key}" for key in module.state_dict()]
+            if not any(key in saved_keys for key in keys):
+                module.disable_fake_quant()
+                unsaved += keys
+    return unsaved
+
+
 def load_quantized_model(auto_model_class, folder: str, config, manager: ScheduledModifierManager):
     """Build the model from its config, give it the quantized structure the recipe's QuantizationModifier
     ends with, then load every saved weight, scale and zero point into it."""
@@ -113,7 +127,8 @@ def load_quantized_model(auto_model_class, folder: str, config, manager: Schedul
         modifier.apply_structure(model, epoch=math.inf, loggers=quiet_sparseml_loggers())
     initialize_channel_wise_scale_zp(model)  # per-channel observers start with placeholder shapes
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("position_ids")]
+    unsaved = set(_disable_unsaved_fixed_range_quantizers(model, state))
+    missing = [k for k in missing if not k.endswith("position_ids") and k not in unsaved]
     if missing or unexpected:
         raise UsageError(f"--model_name_or_path {folder}: its weights do not fit the quantized structure of its "
                          f"{RECIPE_NAME} (missing {missing[:3]}, unexpected {unexpected[:3]})")

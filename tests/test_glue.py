@@ -257,3 +257,18 @@ def test_mnli_evaluates_on_the_matched_file_alone_when_no_mismatched_one_is_give
     assert "no --validation_mismatched_file: evaluating on the matched dev set alone" in caplog.text
     results = _json(output_dir / "eval_results.json")
     assert "eval_accuracy" in results and not any(key.startswith("eval_mm") for key in results)
+
+
+def test_int8_classifier_with_a_pooler_reloads_for_evaluation(tmp_path):
+    """A sequence classifier has a pooler whose Tanh gets a fixed-range fake-quantizer in QAT; its buffers are not
+    saved, and reloading the INT8 model must rebuild it rather than refuse the file."""
+    files = _files(tmp_path, "sst2")
+    output_dir = tmp_path / "int8"
+    run_glue.main(_glue_args(_model_dir(tmp_path, "student", 2), files, output_dir, "SST2", "--do_train",
+                             "--do_eval", "--nm_prune_config", os.path.join(RECIPES, "qat1epoch.yaml"),
+                             "--recipe_args", '{"init_lr": 1e-3}'))
+    trained = _json(output_dir / "eval_results.json")
+    run_glue.main(_glue_args(str(output_dir), files, tmp_path / "reloaded", "SST2", "--do_eval"))
+    reloaded = _json(tmp_path / "reloaded" / "eval_results.json")
+    assert reloaded["eval_accuracy"] == trained["eval_accuracy"]
+    assert reloaded["eval_loss"] == pytest.approx(trained["eval_loss"], abs=1e-6)
