@@ -15,6 +15,7 @@ folder checked again replaces its row, the others' rows stay.
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -62,6 +63,11 @@ def sst2_examples(data_dir: str, count: int) -> list[dict]:
 
 
 def deepsparse_predictions(python, task, folder, examples, settings, work) -> dict:
+    """DeepSparse's answers, from a copy of the folder: its pipeline rewrites model.onnx in place with fixed input
+    shapes (batch 1 x sequence_length), which would leave our export unusable at any other shape."""
+    copy = os.path.join(work, "export")
+    shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("checkpoint-*", "*.safetensors", "*.bin"))
+    folder = copy
     examples_path, predictions_path = os.path.join(work, "examples.json"), os.path.join(work, "deepsparse.json")
     with open(examples_path, "w") as handle:
         json.dump(examples, handle)
