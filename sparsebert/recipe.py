@@ -2,6 +2,7 @@
 them), refusing modifiers we cannot run, checking them against a model, deciding the training length, and saving
 the recipe used next to the model."""
 
+import ast
 import json
 import logging
 import math
@@ -225,10 +226,20 @@ def save_recipe(manager: ScheduledModifierManager, recipe_path: str, variables: 
         with open(tmp, "w") as handle:
             given = f" with --recipe_args '{json.dumps(variables)}'" if variables else ""
             handle.write(f"# {recipe_path}{given}, as resolved by sparseml\n")
-            handle.write(str(manager))
+            handle.write(_yaml_parameter_lists(str(manager)))
     else:
         shutil.copyfile(recipe_path, tmp)
     os.replace(tmp, target)
+
+
+def _yaml_parameter_lists(resolved: str) -> str:
+    """sparseml writes a modifier's params as a Python list literal, ['re:.*layer.\\d+...'], which YAML reads as
+    single-quoted strings, keeping both backslashes: the pattern would then match no parameter. Rewrite each such
+    list as JSON (valid YAML) so that the file reads back as the same patterns."""
+    def rewrite(match):
+        return f"{match.group(1)}{json.dumps(ast.literal_eval(match.group(2)))}"
+
+    return re.sub(r"^(\s*params: )(\[.*\])$", rewrite, resolved, flags=re.MULTILINE)
 
 
 def quiet_sparseml_loggers():

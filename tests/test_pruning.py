@@ -8,7 +8,7 @@ from transformers import TrainingArguments
 from conftest import RECIPES
 from helpers import SparsityRecorder, random_qa_dataset
 from sparsebert.demo import make_bert
-from sparsebert.recipe import load_recipe, schedule_epochs, targeted_parameter_names
+from sparsebert.recipe import load_recipe, save_recipe, schedule_epochs, targeted_parameter_names
 from sparsebert.trainer import SparseMLTrainer
 
 ENCODER_WEIGHTS = ("attention.self.query.weight", "attention.self.key.weight", "attention.self.value.weight",
@@ -37,6 +37,18 @@ def test_recipe_targets_exactly_the_encoder_matrices_at_any_depth():
         targeted = targeted_parameter_names(manager, model)
         expected = [f"bert.encoder.layer.{i}.{w}" for i in range(depth) for w in ENCODER_WEIGHTS]
         assert sorted(targeted) == sorted(expected)
+
+
+def test_a_saved_resolved_recipe_targets_the_same_matrices_when_used_again(tmp_path):
+    """output_dir/recipe.yaml, resolved by sparseml when --recipe_args changed the recipe, is a recipe a user runs
+    again (sparse transfer, QAT of the pruned model): its regex patterns must read back as written."""
+    model = make_bert(hidden_size=32, num_layers=2)
+    manager = load_recipe(os.path.join(RECIPES, "finetuned_gmp80.yaml"), {"init_lr": 1e-3})
+    save_recipe(manager, os.path.join(RECIPES, "finetuned_gmp80.yaml"), {"init_lr": 1e-3}, str(tmp_path))
+    saved = load_recipe(str(tmp_path / "recipe.yaml"))
+    expected = [f"bert.encoder.layer.{i}.{w}" for i in range(2) for w in ENCODER_WEIGHTS]
+    assert sorted(targeted_parameter_names(saved, model)) == sorted(expected)
+    assert [m.params for m in saved.pruning_modifiers] == [m.params for m in manager.pruning_modifiers]
 
 
 def test_gmp_reaches_final_sparsity_on_matched_parameters_only(tmp_path):
