@@ -192,7 +192,7 @@ def run_row(script, common, row, work_dir, table, budget):
         "pruning_epochs": pruning_epochs(os.path.join(REPO, "recipes", row.recipe), row.recipe_args),
         "epochs": results.get("epoch"),
         "global_steps": state["global_step"],
-        "metrics": {k: v for k, v in results.items() if k.startswith("eval_") and isinstance(v, float)},
+        "metrics": eval_metrics(results),
         "train_runtime_s": results.get("train_runtime"),  # this attempt only, when resumed
         "resumed_from_step": int(resumed.rsplit("-", 1)[1]) if resumed else 0,
         "wall_s": round(time.time() - started, 1),
@@ -200,6 +200,11 @@ def run_row(script, common, row, work_dir, table, budget):
         "start_points": start_points(row, work_dir, table),
         "environment": environment(),
     }
+
+
+def eval_metrics(results: dict) -> dict:
+    """The evaluation figures of a run's all_results.json."""
+    return {k: v for k, v in results.items() if k.startswith("eval_") and isinstance(v, float)}
 
 
 def start_points(row: Row, work_dir, table) -> dict:
@@ -210,8 +215,7 @@ def start_points(row: Row, work_dir, table) -> dict:
     for name in dict.fromkeys(n for n in (row.start_from, row.teacher) if n):
         with open(os.path.join(work_dir, table, name, "all_results.json")) as handle:
             results = json.load(handle)
-        points[name] = {"metrics": {k: v for k, v in results.items() if k.startswith("eval_") and isinstance(v, float)},
-                        "train_runtime_s": results.get("train_runtime")}
+        points[name] = {"metrics": eval_metrics(results), "train_runtime_s": results.get("train_runtime")}
     return points
 
 
