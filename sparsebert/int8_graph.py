@@ -1,0 +1,245 @@
+"""Rewrites of the integer ONNX graph sparseml exports from a fake-quantized (QAT) model, so that the file computes
+what the trained PyTorch model computes.
+
+sparseml's conversion is close to the model, not equal to it, and a quantized network amplifies small departures:
+a value that lands on the other side of a rounding boundary moves by a whole quantization step, and the next
+quantized layer passes that on. On an SST-2 MiniLM (200 dev sentences) the raw conversion's logits differed from
+PyTorch's by 0.22 on average (6.5% of the largest logit), with 5% of the labels changed; after these rewrites,
+by 0.016 (0.5%), as close as the un-converted QuantizeLinear/DequantizeLinear graph gets in onnxruntime. The
+departures, each undone here:
+
+- a few integer weights per matrix, among them the largest (sitting exactly on a rounding tie), rounded the other
+  way than torch's fake-quantizer rounded them in training;
+- Linear biases rounded to int32 at the product scale (input scale x weight scale) and added before the rescale;
+  they are added in float after it, as in training;
+- an embedding's output quantizer dropped (the gathered weights dequantized with the weight's scale alone);
+- a Linear turned into QLinearMatMul with its output quantized *before* its bias is added.
+
+Weights are then stored as int8 (onnxruntime's fast integer products take uint8 activations x int8 weights).
+"""
+
+import logging
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+class _Graph:
+    """An ONNX graph with lookups by tensor name, and node insertion that keeps the topological order."""
+
+    def __init__(self, graph):
+        from onnx import numpy_helper
+
+        self.graph, self.numpy_helper = graph, numpy_helper
+        self.initializers = {init.name: init for init in graph.initializer}
+
+    def array(self, name):
+        return self.numpy_helper.to_array(self.initializers[name])
+
+    def set_array(self, name, values):
+        tensor = self.numpy_helper.from_array(values, name)
+        if name in self.initializers:
+            self.initializers[name].CopyFrom(tensor)
+        else:
+            self.graph.initializer.append(tensor)
+            self.initializers[name] = self.graph.initializer[-1]
+
+    def consumers(self, tensor: str) -> list:
+        return [node for node in self.graph.node if tensor in node.input]
+
+    def insert_after(self, anchor, *nodes):
+        index = list(self.graph.node).index(anchor)
+        for offset, node in enumerate(nodes, 1):
+            self.graph.node.insert(index + offset, node)
+
+
+def _module(modules: dict, initializer_name: str):
+    """The PyTorch module an exported initializer belongs to: sparseml names them by the module's scope
+    ('/model/bert/.../query/module/MatMul.weight_quantized') or by its dotted path ('model.bert...weight_quant')."""
+    if "/" in initializer_name:
+        path = initializer_name.lstrip("/").rsplit("/", 1)[0].replace("/", ".")
+    else:
+        path = initializer_name.rsplit(".", 1)[0]
+    return modules.get(path)
+
+
+def _scale_shape(fake_quant, tensor):
+    """A (per-tensor or per-channel) scale or zero point shaped to broadcast against the tensor it quantizes."""
+    shape = [1] * tensor.dim()
+    if fake_quant.scale.numel() > 1:
+        shape[fake_quant.ch_axis] = -1
+    return fake_quant.scale.reshape(shape), fake_quant.zero_point.reshape(shape)
+
+
+@torch.no_grad()
+def _trained_integers(module) -> np.ndarray:
+    """The module's weight as the integers (minus their zero point) its fake-quantizer trained with."""
+    fake_quant = module.weight_fake_quant
+    scale, zero_point = _scale_shape(fake_quant, module.weight)
+    integers = torch.round(fake_quant(module.weight) / scale) + zero_point
+    return (integers - zero_point).to(torch.int64).numpy()
+
+
+def _exact_weights(graph: _Graph, modules: dict) -> int:
+    """Every integer weight (MatMulInteger's, an embedding's Gather table) set to the integers training used, in the
+    file's own type and zero point; returns how many values changed."""
+    changed = 0
+    for node in graph.graph.node:
+        if node.op_type == "MatMulInteger" and node.input[1] in graph.initializers and len(node.input) > 3:
+            name, zero_point, transposed = node.input[1], graph.array(node.input[3]), True
+        elif node.op_type == "Gather" and node.input[0] in graph.initializers and node.input[0].endswith("_quant"):
+            dequantize = graph.consumers(node.output[0])
+            if len(dequantize) != 1 or dequantize[0].op_type != "DequantizeLinear":
+                continue
+            name, zero_point, transposed = node.input[0], graph.array(dequantize[0].input[2]), False
+        else:
+            continue
+        module = _module(modules, name)
+        if module is None or not hasattr(module, "weight_fake_quant"):
+            continue
+        stored = graph.array(name)
+        integers = _trained_integers(module)
+        values = (integers.T if transposed else integers) + zero_point.astype(np.int64)
+        limits = np.iinfo(stored.dtype)
+        if values.shape != stored.shape or values.min() < limits.min or values.max() > limits.max:
+            continue  # not the layout this rewrite knows: left as sparseml wrote it
+        changed += int((values != stored).sum())
+        graph.set_array(name, values.astype(stored.dtype))
+    return changed
+
+
+def _float_biases(graph: _Graph, modules: dict) -> int:
+    """MatMulInteger -> Add(int32 bias) -> Cast -> Mul(scale) becomes MatMulInteger -> Cast -> Mul -> Add(bias)."""
+    from onnx import helper
+
+    rewritten = 0
+    for add in list(graph.graph.node):
+        if add.op_type != "Add" or add.input[1] not in graph.initializers or not add.input[1].endswith("bias_quantized"):
+            continue
+        module = _module(modules, add.input[1])
+        after = graph.consumers(add.output[0])
+        cast = after[0] if len(after) == 1 and after[0].op_type == "Cast" else None
+        after = graph.consumers(cast.output[0]) if cast is not None else []
+        rescale = after[0] if len(after) == 1 and after[0].op_type == "Mul" else None
+        if module is None or getattr(module, "bias", None) is None or rescale is None:
+            continue
+        bias_name = add.input[1].replace("bias_quantized", "bias_float")
+        graph.set_array(bias_name, module.bias.detach().cpu().numpy().astype(np.float32))
+        output = rescale.output[0]
+        cast.input[0] = add.input[0]
+        rescale.output[0] = output + "_before_bias"
+        graph.graph.node.remove(add)
+        graph.insert_after(rescale, helper.make_node("Add", [rescale.output[0], bias_name], [output],
+                                                     name=add.name or output + "_bias"))
+        rewritten += 1
+    return rewritten
+
+
+def _embedding_output_quantizers(graph: _Graph, modules: dict) -> int:
+    """Gather(int table) -> DequantizeLinear(weight scale) gets the embedding's output Quantize/Dequantize back,
+    for each embedding whose output training fake-quantized."""
+    from onnx import helper
+
+    restored = 0
+    for gather in list(graph.graph.node):
+        if gather.op_type != "Gather" or not gather.input[0].endswith("_quant") or gather.input[0] not in graph.initializers:
+            continue
+        module = _module(modules, gather.input[0])
+        output_quant = getattr(module, "activation_post_process", None)
+        after = graph.consumers(gather.output[0])
+        if (output_quant is None or not hasattr(output_quant, "fake_quant_enabled")
+                or not bool(output_quant.fake_quant_enabled[0]) or len(after) != 1
+                or after[0].op_type != "DequantizeLinear"):
+            continue
+        dequantize, base = after[0], gather.input[0] + "_output"
+        graph.set_array(base + ".scale", np.array(output_quant.scale.item(), np.float32))
+        zero_type = np.uint8 if output_quant.quant_min >= 0 else np.int8
+        graph.set_array(base + ".zero_point", np.array(output_quant.zero_point.item(), zero_type))
+        output = dequantize.output[0]
+        dequantize.output[0] = output + "_weights"
+        quant = [base + ".scale", base + ".zero_point"]
+        graph.insert_after(dequantize,
+                           helper.make_node("QuantizeLinear", [dequantize.output[0], *quant], [base + "_q"]),
+                           helper.make_node("DequantizeLinear", [base + "_q", *quant], [output]))
+        restored += 1
+    return restored
+
+
+def _bias_before_output_quantization(graph: _Graph) -> int:
+    """QLinearMatMul -> DequantizeLinear -> Add(bias) quantizes x @ W without its bias, where training quantized
+    x @ W + bias: rewritten as MatMulInteger -> Cast -> Mul(scales) -> Add(bias) -> Quantize -> Dequantize."""
+    from onnx import TensorProto, helper
+
+    rewritten = 0
+    for matmul in list(graph.graph.node):
+        if matmul.op_type != "QLinearMatMul":
+            continue
+        a, a_scale, a_zero, b, b_scale, b_zero, y_scale, y_zero = matmul.input
+        after = graph.consumers(matmul.output[0])
+        dequantize = after[0] if len(after) == 1 and after[0].op_type == "DequantizeLinear" else None
+        after = graph.consumers(dequantize.output[0]) if dequantize is not None else []
+        add = after[0] if len(after) == 1 and after[0].op_type == "Add" else None
+        if add is None or add.input[1] not in graph.initializers or not {a_scale, b_scale} <= set(graph.initializers):
+            continue
+        base = matmul.output[0] + "_exact"
+        graph.set_array(base + ".scale", (graph.array(a_scale) * graph.array(b_scale)).astype(np.float32))
+        nodes = [
+            helper.make_node("MatMulInteger", [a, b, a_zero, b_zero], [base + "_int"]),
+            helper.make_node("Cast", [base + "_int"], [base + "_float"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", [base + "_float", base + ".scale"], [base + "_rescaled"]),
+            helper.make_node("Add", [base + "_rescaled", add.input[1]], [base + "_biased"]),
+            helper.make_node("QuantizeLinear", [base + "_biased", y_scale, y_zero], [base + "_q"]),
+            helper.make_node("DequantizeLinear", [base + "_q", y_scale, y_zero], [add.output[0]]),
+        ]
+        graph.insert_after(matmul, *nodes)
+        for node in (matmul, dequantize, add):
+            graph.graph.node.remove(node)
+        rewritten += 1
+    return rewritten
+
+
+def _signed_weights(graph: _Graph) -> int:
+    """uint8 MatMulInteger weights around a zero point of 128 shifted to int8 around 0 (the same values, weight minus
+    zero point): onnxruntime's VNNI products take uint8 x int8, and uint8 x uint8 a slower way (1.4x measured);
+    DeepSparse runs either alike."""
+    uses = {}
+    for node in graph.graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    shifted = 0
+    for node in graph.graph.node:
+        if node.op_type != "MatMulInteger" or len(node.input) < 4:
+            continue
+        weight, zero_point = node.input[1], node.input[3]
+        if (weight not in graph.initializers or zero_point not in graph.initializers or uses[weight] != 1
+                or graph.array(weight).dtype != np.uint8):
+            continue
+        graph.set_array(weight, (graph.array(weight).astype(np.int16) - 128).astype(np.int8))
+        signed_zero = f"{weight}_zero_point"  # the zero point may be shared with an activation: a copy
+        graph.set_array(signed_zero, (graph.array(zero_point).astype(np.int16) - 128).astype(np.int8))
+        node.input[3] = signed_zero
+        shifted += 1
+    return shifted
+
+
+def match_fake_quantized_model(path: str, model) -> dict:
+    """Rewrite the integer ONNX file at path (sparseml's conversion of `model`, the module it traced, whose
+    parameter names its initializers carry) to compute what the fake-quantized model computes; returns how much
+    each rewrite changed."""
+    import onnx
+
+    graph_model = onnx.load(path)
+    graph = _Graph(graph_model.graph)
+    modules = dict(model.named_modules())
+    report = {
+        "qlinear_matmuls_with_bias_rewritten": _bias_before_output_quantization(graph),
+        "integer_weights_rounded_as_trained": _exact_weights(graph, modules),
+        "biases_added_in_float": _float_biases(graph, modules),
+        "embedding_output_quantizers_restored": _embedding_output_quantizers(graph, modules),
+        "weights_stored_as_int8": _signed_weights(graph),
+    }
+    onnx.save(graph_model, path)
+    logger.info(f"INT8 graph matched to the fake-quantized model: {report}")
+    return report
