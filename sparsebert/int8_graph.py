@@ -224,6 +224,14 @@ def _signed_weights(graph: _Graph) -> int:
     return shifted
 
 
+def _drop_unused_initializers(graph: _Graph):
+    """The int32 biases and scales the rewrites replaced (onnxruntime warns about each unused one on loading)."""
+    used = {name for node in graph.graph.node for name in node.input}
+    for init in [init for init in graph.graph.initializer if init.name not in used]:
+        graph.graph.initializer.remove(init)
+        del graph.initializers[init.name]
+
+
 def match_fake_quantized_model(path: str, model) -> dict:
     """Rewrite the integer ONNX file at path (sparseml's conversion of `model`, the module it traced, whose
     parameter names its initializers carry) to compute what the fake-quantized model computes; returns how much
@@ -240,6 +248,7 @@ def match_fake_quantized_model(path: str, model) -> dict:
         "embedding_output_quantizers_restored": _embedding_output_quantizers(graph, modules),
         "weights_stored_as_int8": _signed_weights(graph),
     }
+    _drop_unused_initializers(graph)
     onnx.save(graph_model, path)
     logger.info(f"INT8 graph matched to the fake-quantized model: {report}")
     return report

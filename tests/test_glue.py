@@ -259,20 +259,44 @@ def test_mnli_evaluates_on_the_matched_file_alone_when_no_mismatched_one_is_give
     assert "eval_accuracy" in results and not any(key.startswith("eval_mm") for key in results)
 
 
-def test_int8_classifier_with_a_pooler_reloads_for_evaluation_and_exports_what_it_computes(tmp_path):
-    """A sequence classifier has a pooler whose Tanh gets a fixed-range fake-quantizer in QAT; its buffers are not
-    saved, and reloading the INT8 model must rebuild it rather than refuse the file. Its pooler and classifier
-    come out of sparseml's conversion as QLinearMatMul, their output quantized before the bias is added (training
-    quantizes after): rewritten, the exported logits are the model's."""
+# sparseml's classic QuantizationModifier as older published recipes use it: every Linear's and LayerNorm's output
+# quantized too, and the pooler's Tanh
+CLASSIC_QAT = """
+version: 1.1.0
+modifiers:
+  - !EpochRangeModifier
+    start_epoch: 0.0
+    end_epoch: 1.0
+  - !QuantizationModifier
+    start_epoch: 0.0
+    weight_bits: 8
+    activation_bits: 8
+"""
+
+
+@pytest.mark.parametrize("recipe", ["qat1epoch.yaml", "classic"])
+def test_int8_classifier_with_a_pooler_reloads_for_evaluation_and_exports_what_it_computes(tmp_path, recipe):
+    """An INT8 sequence classifier (its pooler and head quantized too) reloads for evaluation and exports to an
+    integer graph that computes what the model does. With the classic settings, its pooler's Tanh gets a
+    fixed-range fake-quantizer whose buffers are not saved (reload must rebuild it rather than refuse the file), and
+    the pooler and the classifier come out of sparseml's conversion as QLinearMatMul, their output quantized before
+    the bias is added where training quantized after (rewritten)."""
+    if recipe == "classic":
+        recipe_path = tmp_path / "classic.yaml"
+        recipe_path.write_text(CLASSIC_QAT)
+    else:
+        recipe_path = os.path.join(RECIPES, recipe)
     files = _files(tmp_path, "sst2", dev=100)
     output_dir = tmp_path / "int8"
     run_glue.main(_glue_args(_model_dir(tmp_path, "student", 2), files, output_dir, "SST2", "--do_train",
-                             "--do_eval", "--do_onnx_export", "--nm_prune_config",
-                             os.path.join(RECIPES, "qat1epoch.yaml"), "--recipe_args", '{"init_lr": 1e-3}'))
+                             "--do_eval", "--do_onnx_export", "--nm_prune_config", str(recipe_path),
+                             "--recipe_args", '{"init_lr": 1e-3}' if recipe != "classic" else "{}"))
     parity = _json(output_dir / "onnx_parity.json")
     assert parity["verify_shape"][0] == 100 and parity["prediction_agreement"] == 1.0
     assert parity["integer_ops"] == {"MatMulInteger": 2 * 6 + 2 + 2 * 2}, parity  # no QLinearMatMul left
     assert parity["mean_abs_diff"] <= 1e-3 * parity["largest_abs_output"], parity
+    rewritten = parity["int8_graph_rewrites"]["qlinear_matmuls_with_bias_rewritten"]
+    assert rewritten == (2 if recipe == "classic" else 0)
     trained = _json(output_dir / "eval_results.json")
     run_glue.main(_glue_args(str(output_dir), files, tmp_path / "reloaded", "SST2", "--do_eval"))
     reloaded = _json(tmp_path / "reloaded" / "eval_results.json")
