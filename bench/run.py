@@ -75,11 +75,11 @@ def recovery_rows(lr_args=None, oneshot_args=None):
 
 def int8_rows():
     """INT8: one epoch of quantization-aware training (recipes/qat1epoch.yaml as shipped, zeros held) on the dense
-    model and on the OBS rows pruned from it, distilling from the dense model as they did: INT8 against the same
-    FP32 row."""
+    model and on the rows pruned from it, distilling from the dense model as they did: INT8 against the same FP32
+    row."""
     rows = [Row("dense_int8", "qat1epoch.yaml", "dense + INT8", start_from="dense")]
-    rows += [Row(f"ft_obs{s}_distill_int8", "qat1epoch.yaml", "OBS from fine-tuned + INT8", teacher="dense",
-                 start_from=f"ft_obs{s}_distill") for s in (80, 90)]
+    rows += [Row(f"ft_{kind}{s}_distill_int8", "qat1epoch.yaml", f"{kind.upper()} from fine-tuned + INT8",
+                 teacher="dense", start_from=f"ft_{kind}{s}_distill") for s in (80, 90) for kind in ("gmp", "obs")]
     return rows
 
 
