@@ -72,7 +72,8 @@ def export_onnx(model, tokenizer, export_dir: str, output_names, verify_batch: d
     traced on the CPU in eval mode and handed back on its device, in its mode.
 
     A quantization-aware model is exported through sparseml, which turns its fake-quantized layers into integer
-    operations (MatMulInteger); opset 13 at least, as sparseml needs for that."""
+    operations (MatMulInteger; opset 13 at least, as sparseml needs for that), then rewritten where sparseml's
+    conversion departs from the model (sparsebert/int8_graph.py)."""
     parameter = next(model.parameters(), None)
     device, training = (parameter.device if parameter is not None else None), model.training
     # SDPA attention exports as a graph that onnxruntime runs 1.35x slower than eager attention's (the same
