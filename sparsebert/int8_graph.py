@@ -49,6 +49,11 @@ class _Graph:
     def consumers(self, tensor: str) -> list:
         return [node for node in self.graph.node if tensor in node.input]
 
+    def only_consumer(self, tensor: str, op_type: str):
+        """The node that takes tensor in, when it is the only one and of op_type; else None."""
+        after = self.consumers(tensor)
+        return after[0] if len(after) == 1 and after[0].op_type == op_type else None
+
     def insert_after(self, anchor, *nodes):
         index = list(self.graph.node).index(anchor)
         for offset, node in enumerate(nodes, 1):
@@ -75,27 +80,31 @@ def _scale_shape(fake_quant, tensor):
 
 @torch.no_grad()
 def _trained_integers(module) -> np.ndarray:
-    """The module's weight as the integers (minus their zero point) its fake-quantizer trained with."""
+    """The module's weight as the integers (minus their zero point) its fake-quantizer trained with: the
+    fake-quantized weight is exactly (integer - zero point) x scale."""
     fake_quant = module.weight_fake_quant
-    scale, zero_point = _scale_shape(fake_quant, module.weight)
-    integers = torch.round(fake_quant(module.weight) / scale) + zero_point
-    return (integers - zero_point).to(torch.int64).numpy()
+    scale, _ = _scale_shape(fake_quant, module.weight)
+    return torch.round(fake_quant(module.weight) / scale).to(torch.int64).numpy()
+
+
+def _embedding_gathers(graph: _Graph):
+    """(Gather, DequantizeLinear) for each embedding sparseml exported as a lookup in an integer table."""
+    for gather in list(graph.graph.node):
+        if gather.op_type == "Gather" and gather.input[0] in graph.initializers and gather.input[0].endswith("_quant"):
+            dequantize = graph.only_consumer(gather.output[0], "DequantizeLinear")
+            if dequantize is not None:
+                yield gather, dequantize
 
 
 def _exact_weights(graph: _Graph, modules: dict) -> int:
     """Every integer weight (MatMulInteger's, an embedding's Gather table) set to the integers training used, in the
     file's own type and zero point; returns how many values changed."""
+    tables = [(node.input[1], node.input[3], True) for node in graph.graph.node
+              if node.op_type == "MatMulInteger" and node.input[1] in graph.initializers and len(node.input) > 3]
+    tables += [(gather.input[0], dequantize.input[2], False) for gather, dequantize in _embedding_gathers(graph)]
     changed = 0
-    for node in graph.graph.node:
-        if node.op_type == "MatMulInteger" and node.input[1] in graph.initializers and len(node.input) > 3:
-            name, zero_point, transposed = node.input[1], graph.array(node.input[3]), True
-        elif node.op_type == "Gather" and node.input[0] in graph.initializers and node.input[0].endswith("_quant"):
-            dequantize = graph.consumers(node.output[0])
-            if len(dequantize) != 1 or dequantize[0].op_type != "DequantizeLinear":
-                continue
-            name, zero_point, transposed = node.input[0], graph.array(dequantize[0].input[2]), False
-        else:
-            continue
+    for name, zero_point_name, transposed in tables:
+        zero_point = graph.array(zero_point_name)
         module = _module(modules, name)
         if module is None or not hasattr(module, "weight_fake_quant"):
             continue
@@ -119,10 +128,8 @@ def _float_biases(graph: _Graph, modules: dict) -> int:
         if add.op_type != "Add" or add.input[1] not in graph.initializers or not add.input[1].endswith("bias_quantized"):
             continue
         module = _module(modules, add.input[1])
-        after = graph.consumers(add.output[0])
-        cast = after[0] if len(after) == 1 and after[0].op_type == "Cast" else None
-        after = graph.consumers(cast.output[0]) if cast is not None else []
-        rescale = after[0] if len(after) == 1 and after[0].op_type == "Mul" else None
+        cast = graph.only_consumer(add.output[0], "Cast")
+        rescale = graph.only_consumer(cast.output[0], "Mul") if cast is not None else None
         if module is None or getattr(module, "bias", None) is None or rescale is None:
             continue
         bias_name = add.input[1].replace("bias_quantized", "bias_float")
@@ -143,17 +150,12 @@ def _embedding_output_quantizers(graph: _Graph, modules: dict) -> int:
     from onnx import helper
 
     restored = 0
-    for gather in list(graph.graph.node):
-        if gather.op_type != "Gather" or not gather.input[0].endswith("_quant") or gather.input[0] not in graph.initializers:
-            continue
-        module = _module(modules, gather.input[0])
-        output_quant = getattr(module, "activation_post_process", None)
-        after = graph.consumers(gather.output[0])
+    for gather, dequantize in list(_embedding_gathers(graph)):
+        output_quant = getattr(_module(modules, gather.input[0]), "activation_post_process", None)
         if (output_quant is None or not hasattr(output_quant, "fake_quant_enabled")
-                or not bool(output_quant.fake_quant_enabled[0]) or len(after) != 1
-                or after[0].op_type != "DequantizeLinear"):
+                or not bool(output_quant.fake_quant_enabled[0])):
             continue
-        dequantize, base = after[0], gather.input[0] + "_output"
+        base = gather.input[0] + "_output"
         graph.set_array(base + ".scale", np.array(output_quant.scale.item(), np.float32))
         zero_type = np.uint8 if output_quant.quant_min >= 0 else np.int8
         graph.set_array(base + ".zero_point", np.array(output_quant.zero_point.item(), zero_type))
@@ -177,10 +179,8 @@ def _bias_before_output_quantization(graph: _Graph) -> int:
         if matmul.op_type != "QLinearMatMul":
             continue
         a, a_scale, a_zero, b, b_scale, b_zero, y_scale, y_zero = matmul.input
-        after = graph.consumers(matmul.output[0])
-        dequantize = after[0] if len(after) == 1 and after[0].op_type == "DequantizeLinear" else None
-        after = graph.consumers(dequantize.output[0]) if dequantize is not None else []
-        add = after[0] if len(after) == 1 and after[0].op_type == "Add" else None
+        dequantize = graph.only_consumer(matmul.output[0], "DequantizeLinear")
+        add = graph.only_consumer(dequantize.output[0], "Add") if dequantize is not None else None
         if add is None or add.input[1] not in graph.initializers or not {a_scale, b_scale} <= set(graph.initializers):
             continue
         base = matmul.output[0] + "_exact"

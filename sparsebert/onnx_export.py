@@ -181,8 +181,7 @@ def _export_and_verify(model, tokenizer, export_dir: str, output_names, verify_b
     log = logger.info if report["parity_ok"] else logger.error
     log(f"ONNX model written to {target} ({report['precision']}); onnxruntime vs PyTorch on a "
         f"{report['verify_shape']} batch: max abs diff {max_diff:.2e} (mean {mean_diff:.2e}), same prediction "
-        f"{agreement:.0%} "
-        f"({'passes' if parity_ok else 'FAILS'} {rule})")
+        f"{agreement:.0%} ({'passes' if parity_ok else 'FAILS'} {rule})")
     return report
 
 
