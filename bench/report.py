@@ -35,13 +35,24 @@ def markdown_table(results: dict) -> str:
                  f"{row['nonzero_parameters']:,}"]
         cells += [f"{_percent(table, row['metrics'][key]):.2f}" if key in row["metrics"] else "-"
                   for _, key in metric_columns]
-        cells.append(train_time(row))
-        start_from = row.get("start_from") or ""
-        start = row.get("start_points", {}).get(start_from) or results["rows"].get(start_from)
-        if start:  # its cost includes the model it starts from, as trained on the machine that ran this row
-            cells[-1] += f" + {start_from} {train_time(start)}"
+        cells.append(" + ".join([train_time(row)] + [f"{name} {train_time(start)}"
+                                                     for name, start in start_chain(row, results["rows"])]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def start_chain(row, rows: dict) -> list:
+    """[(name, row)] of the models this row starts from, nearest first (an INT8 row: its FP32 row, then the dense
+    one that started from), as trained on the machine that ran this row: all of it is in the row's cost."""
+    chain, recorded = [], row.get("start_points", {})
+    name = row.get("start_from")
+    while name and name not in (n for n, _ in chain):
+        start = recorded.get(name) or rows.get(name)
+        if not start:
+            break
+        chain.append((name, start))
+        name = start.get("start_from") or rows.get(name, {}).get("start_from")  # recorded start points omit it
+    return chain
 
 
 def train_time(row) -> str:
@@ -93,7 +104,7 @@ def goals_table(results: dict) -> str:
         return _percent(table, rows[name]["metrics"][key])
 
     dense = score("dense")
-    lines = [f"| goal | row | {label} | dense {label} | result | met? |", "|---|---|---|---|---|---|"]
+    lines = [f"| goal | row | {label} | against | result | met? |", "|---|---|---|---|---|---|"]
     for sparsity, goal in RECOVERY_GOALS[table].items():
         candidates = [n for n, r in rows.items() if not _is_int8(r) and abs(r["sparsity"] - sparsity) < 0.005]
         if not candidates:
@@ -101,13 +112,14 @@ def goals_table(results: dict) -> str:
         best = max(candidates, key=score)
         share = 100 * score(best) / dense
         lines.append(f"| best {100 * sparsity:.0f}% row keeps >= {goal:g}% of dense | {best} | {score(best):.2f} | "
-                     f"{dense:.2f} | {share:.1f}% | {'yes' if share >= goal else f'**no** ({share - goal:+.1f})'} |")
+                     f"dense {dense:.2f} | {share:.1f}% | {'yes' if share >= goal else f'**no** ({share - goal:+.1f})'} |")
     for name, row in rows.items():
         fp32 = row.get("start_from")
         if not _is_int8(row) or fp32 not in rows:
             continue
         lost = score(fp32) - score(name)
-        lines.append(f"| INT8 costs <= {INT8_GOAL_POINTS:g} point | {name} vs {fp32} | {score(name):.2f} | {dense:.2f} | "
+        lines.append(f"| INT8 costs <= {INT8_GOAL_POINTS:g} point | {name} vs {fp32} | {score(name):.2f} | "
+                     f"{fp32} {score(fp32):.2f} | "
                      f"{-lost:+.2f} points | {'yes' if lost <= INT8_GOAL_POINTS else '**no**'} |")
     return "\n".join(lines) if len(lines) > 2 else ""
 

@@ -79,12 +79,30 @@ def test_goals_table_measures_the_best_row_per_sparsity_and_int8_against_its_fp3
         "dense_int8": row(79.5, 0.0, "dense + INT8", start_from="dense")}}
     lines = goals_table(results).splitlines()
     # 77 / 80 = 96.25% >= 95%; 64 / 80 = 80% < 85%
-    assert "| best 80% row keeps >= 95% of dense | ft_obs80 | 77.00 | 80.00 | 96.2% | yes |" in lines
-    assert "| best 90% row keeps >= 85% of dense | ft_obs90 | 64.00 | 80.00 | 80.0% | **no** (-5.0) |" in lines
-    assert "| INT8 costs <= 1 point | ft_obs80_int8 vs ft_obs80 | 75.50 | 80.00 | -1.50 points | **no** |" in lines
-    assert "| INT8 costs <= 1 point | dense_int8 vs dense | 79.50 | 80.00 | -0.50 points | yes |" in lines
+    assert "| best 80% row keeps >= 95% of dense | ft_obs80 | 77.00 | dense 80.00 | 96.2% | yes |" in lines
+    assert "| best 90% row keeps >= 85% of dense | ft_obs90 | 64.00 | dense 80.00 | 80.0% | **no** (-5.0) |" in lines
+    # an INT8 row is measured against the FP32 row it was trained from, and shows that row's score
+    assert ("| INT8 costs <= 1 point | ft_obs80_int8 vs ft_obs80 | 75.50 | ft_obs80 77.00 | -1.50 points | **no** |"
+            in lines)
+    assert "| INT8 costs <= 1 point | dense_int8 vs dense | 79.50 | dense 80.00 | -0.50 points | yes |" in lines
     assert len(lines) == 6
     assert goals_table({"table": "mrpc", "rows": results["rows"]}) == ""  # no goals set for that table
+
+
+def test_a_rows_cost_adds_every_model_it_starts_from():
+    from bench.report import markdown_table
+
+    def row(minutes, **extra):
+        return {"method": "m", "sparsity": 0.8, "epochs": 1, "pruning_epochs": 0, "distilled": True, "layers": 6,
+                "nonzero_parameters": 1, "metrics": {}, "train_runtime_s": 60.0 * minutes, "global_steps": 10,
+                **extra}
+
+    # the INT8 row records the two models under it as they were trained on its machine, not as the table has them
+    int8 = row(67, start_from="ft", start_points={"ft": row(68), "dense": row(57)})
+    results = {"table": "sst2", "rows": {"dense": row(32), "ft": row(60, start_from="dense"), "ft_int8": int8}}
+    lines = markdown_table(results).splitlines()
+    assert lines[-1].endswith("| 67 min + ft 68 min + dense 57 min |")
+    assert lines[-2].endswith("| 60 min + dense 32 min |") and lines[-3].endswith("| 32 min |")
 
 
 def test_train_time_of_a_resumed_row_is_extrapolated_from_its_last_attempt():
