@@ -10,7 +10,7 @@ import os
 import numpy as np
 from datasets import Dataset, DatasetDict, load_dataset
 
-from sparsebert.errors import UsageError
+from sparsebert.errors import UsageError, load_or_refuse
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,9 @@ def load_squad_datasets(data_args, cache_dir=None, need_train=True, need_eval=Tr
         return DatasetDict({**splits, **test})
     if not (need_train or need_eval):
         return DatasetDict(test)
-    hub = load_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=cache_dir)
+    hub = load_or_refuse("--dataset_name", data_args.dataset_name, lambda: load_dataset(
+        data_args.dataset_name, data_args.dataset_config_name, cache_dir=cache_dir),
+        hint="; without the Hub, give --train_file and --validation_file")
     return DatasetDict({**hub, **test})
 
 

@@ -1,4 +1,4 @@
-"""The two ways a run ends early on purpose, which the scripts turn into a one-line message and an exit status."""
+"""The ways a run ends early on purpose, which the scripts turn into a one-line message and an exit status."""
 
 
 class UsageError(Exception):
@@ -16,3 +16,13 @@ class Interrupted(Exception):
     def __init__(self, signum: int):
         super().__init__(f"stopped by signal {signum}")
         self.signum = signum
+
+
+def load_or_refuse(flag: str, name: str, load, hint: str = ""):
+    """Run a from_pretrained or load_dataset call; a model or dataset that cannot be found, reached or read
+    becomes a one-line UsageError naming the flag (the Hub's own errors are tracebacks several screens long)."""
+    try:
+        return load()
+    except (OSError, ValueError) as err:  # a Hub that cannot be reached raises ConnectionError, an OSError
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"{flag} {name}: cannot load it ({reason}){hint}") from err

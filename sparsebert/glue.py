@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from datasets import Dataset, DatasetDict, load_dataset
 
-from sparsebert.errors import UsageError
+from sparsebert.errors import UsageError, load_or_refuse
 from sparsebert.metrics import glue_metrics
 
 logger = logging.getLogger(__name__)
@@ -101,7 +101,9 @@ def load_glue_datasets(task_name: str, task: GlueTask, data_args, cache_dir=None
             if not path:
                 raise UsageError(f"{flag} is required for task {task_name} when loading from files")
         return DatasetDict({split: _read_rows_file(task, files[split][1], files[split][0]) for split in wanted})
-    hub = load_dataset(data_args.dataset_name, task_name, cache_dir=cache_dir)
+    hub = load_or_refuse("--dataset_name", f"{data_args.dataset_name}/{task_name}", lambda: load_dataset(
+        data_args.dataset_name, task_name, cache_dir=cache_dir),
+        hint="; without the Hub, give --train_file and --validation_file (or --glue_data_dir)")
     return DatasetDict({split: _checked(task, hub[split], f"{data_args.dataset_name}/{task_name} {split}")
                         for split in wanted})
 

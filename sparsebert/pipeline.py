@@ -10,7 +10,7 @@ import signal
 from transformers import AutoConfig, AutoTokenizer
 
 from sparsebert.cli import check_output_dir
-from sparsebert.errors import CheckFailed, Interrupted, UsageError
+from sparsebert.errors import CheckFailed, Interrupted, UsageError, load_or_refuse
 from sparsebert.jsonfile import write_json
 from sparsebert.distillation import check_distillation_args, check_same_vocabulary
 from sparsebert.families import check_supported
@@ -124,22 +124,15 @@ def sparsification_kwargs(manager, sparse_args, model_args, teacher) -> dict:
             "quantize_attention": sparse_args.quantize_attention}
 
 
-def _loading(flag, name, load):
-    """Run a from_pretrained call; a model that cannot be found or read becomes a one-line UsageError."""
-    try:
-        return load()
-    except (OSError, ValueError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UsageError(f"{flag} {name}: cannot load it ({reason})") from err
-
-
 def load_tokenizer_and_config(model_args, **config_kwargs):
     config_name = model_args.config_name or model_args.model_name_or_path
     tokenizer_name = model_args.tokenizer_name or model_args.model_name_or_path
-    config = _loading("--config_name" if model_args.config_name else "--model_name_or_path", config_name,
-                      lambda: AutoConfig.from_pretrained(config_name, cache_dir=model_args.cache_dir, **config_kwargs))
-    tokenizer = _loading("--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path", tokenizer_name,
-                         lambda: AutoTokenizer.from_pretrained(tokenizer_name, cache_dir=model_args.cache_dir))
+    config = load_or_refuse(
+        "--config_name" if model_args.config_name else "--model_name_or_path", config_name,
+        lambda: AutoConfig.from_pretrained(config_name, cache_dir=model_args.cache_dir, **config_kwargs))
+    tokenizer = load_or_refuse(
+        "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path", tokenizer_name,
+        lambda: AutoTokenizer.from_pretrained(tokenizer_name, cache_dir=model_args.cache_dir))
     check_supported(config, "--config_name" if model_args.config_name else "--model_name_or_path", config_name)
     if not tokenizer.is_fast:
         raise UsageError(f"--model_name_or_path {model_args.model_name_or_path}: needs a fast tokenizer "
@@ -154,10 +147,10 @@ def load_teacher(model_args, auto_model_class, student_tokenizer, manager=None, 
     if name is None:
         return None
     flag = "--teacher_model_name_or_path"
-    teacher_tokenizer = _loading(flag, name,
-                                 lambda: AutoTokenizer.from_pretrained(name, cache_dir=model_args.cache_dir))
+    teacher_tokenizer = load_or_refuse(flag, name,
+                                       lambda: AutoTokenizer.from_pretrained(name, cache_dir=model_args.cache_dir))
     check_same_vocabulary(student_tokenizer, teacher_tokenizer, name)
-    teacher, loading = _loading(flag, name, lambda: auto_model_class.from_pretrained(
+    teacher, loading = load_or_refuse(flag, name, lambda: auto_model_class.from_pretrained(
         name, cache_dir=model_args.cache_dir, output_loading_info=True, **config_kwargs))
     missing = sorted(key for key in loading["missing_keys"] if not key.endswith("position_ids"))
     if missing:  # initialised at random: the student would learn from noise
@@ -184,7 +177,7 @@ def load_model(model_args, auto_model_class, config):
     manager = saved_quantization_recipe(path) if os.path.isdir(path) else None
     if manager is not None:
         return load_quantized_model(auto_model_class, path, config, manager)
-    return _loading("--model_name_or_path", path, lambda: auto_model_class.from_pretrained(
+    return load_or_refuse("--model_name_or_path", path, lambda: auto_model_class.from_pretrained(
         path, config=config, cache_dir=model_args.cache_dir))
 
 

@@ -127,6 +127,23 @@ def test_missing_model_is_named(squad_files, tmp_path, monkeypatch):
                     r"^--model_name_or_path demo/tiny-bret: no such folder$", tmp_path)
 
 
+def test_unreachable_hub_dataset_is_named(qa_model_dir, squad_files, tmp_path, monkeypatch):
+    import utils_qa
+
+    def offline(*args, **kwargs):  # what datasets raises without a network
+        raise ConnectionError("Couldn't reach 'squad' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(utils_qa, "load_dataset", offline)
+    argv = qa_args(qa_model_dir, squad_files, tmp_path / "out", "--do_train", "--dataset_name", "squad")
+    for flag in ("--train_file", "--validation_file"):
+        at = argv.index(flag)
+        del argv[at:at + 2]
+    _expect_refusal(argv, r"^--dataset_name squad: cannot load it \(Couldn't reach 'squad' on the Hub "
+                          r"\(LocalEntryNotFoundError\)\); without the Hub, give --train_file and --validation_file$",
+                    tmp_path)
+    assert not (tmp_path / "out").exists()
+
+
 def test_output_dir_is_required(qa_model_dir, squad_files, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     argv = qa_args(qa_model_dir, squad_files, tmp_path / "out", "--do_eval")

@@ -121,6 +121,17 @@ def test_hub_is_used_when_no_files_are_given(monkeypatch):
     assert data["validation"].column_names == ["sentence", "label"]
 
 
+def test_unreachable_hub_dataset_is_named(monkeypatch):
+    def offline(*args, **kwargs):  # what datasets raises without a network
+        raise ConnectionError("Couldn't reach 'glue' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(glue, "load_dataset", offline)
+    with pytest.raises(UsageError, match=r"^--dataset_name glue/sst2: cannot load it \(Couldn't reach 'glue' on the "
+                                         r"Hub \(LocalEntryNotFoundError\)\); without the Hub, give --train_file "
+                                         r"and --validation_file \(or --glue_data_dir\)$"):
+        _load("sst2")
+
+
 def test_bad_glue_data_is_refused(tmp_path):
     (tmp_path / "nolabel.jsonl").write_text(json.dumps({"sentence": "a"}) + "\n")
     with pytest.raises(UsageError, match=r"--train_file .*nolabel.jsonl: missing the column\(s\) label"):
