@@ -59,17 +59,17 @@ def method_rows(gmp_only=False):
     return rows
 
 
-def recovery_rows(lr_args=None, oneshot_args=None):
+def recovery_rows(lr_args=None, obs_args=None):
     """Pruning the fine-tuned dense model (the start point and the teacher) with the recovery recipes: LR
-    restarts at each pruning step, a fixed-mask tail, distillation throughout; and OBS one-shot, no training."""
-    lr_args = lr_args or {}
+    restarts at each pruning step, a fixed-mask tail, distillation throughout; and OBS one-shot, no training.
+    obs_args go to the OBS rows only (the GMP recipes have no gradient sampler to set)."""
+    lr_args, obs_args = lr_args or {}, obs_args or {}
     rows = [Row(f"ft_{kind}{s}_distill", f"finetuned_{kind}{s}.yaml", f"{kind.upper()} from fine-tuned",
-                dict(lr_args), teacher="dense", start_from="dense")
+                {**lr_args, **(obs_args if kind == "obs" else {})}, teacher="dense", start_from="dense")
             for s in (80, 90) for kind in ("obs", "gmp")]
-    rows.append(Row("obs_oneshot80", "obs_oneshot80.yaml", "OBS one-shot", dict(oneshot_args or {}),
-                    start_from="dense"))
+    rows.append(Row("obs_oneshot80", "obs_oneshot80.yaml", "OBS one-shot", dict(obs_args), start_from="dense"))
     rows.append(Row("ft_obs90_distill_6ep", "finetuned_obs90.yaml", "OBS from fine-tuned",
-                    {**lr_args, "num_epochs": 6.0}, teacher="dense", start_from="dense"))
+                    {**lr_args, **obs_args, "num_epochs": 6.0}, teacher="dense", start_from="dense"))
     return rows
 
 
@@ -98,9 +98,10 @@ def tables(data_dir, model):
             "--validation_file", os.path.join(squad, "dev-v1.1.json"),
             "--max_seq_length", "256", "--doc_stride", "128", "--per_device_train_batch_size", "16",
             "--per_device_eval_batch_size", "64", "--learning_rate", "1e-4"],
-            # OBS one-shot: 2 windows a gradient instead of 8 (still 4 x 1,024 gradients), or its sampling alone
-            # would pass 32,768 windows of 256 tokens forward and backward: ~1.5 h here
-            method_rows() + recovery_rows(oneshot_args={"grad_batch_size": 2}) + int8_rows(),
+            # OBS: 2 windows a gradient instead of 8, as many tokens as 8 SST-2 sentences; with 8, one-shot's
+            # sampling alone would pass 32,768 windows of 256 tokens forward and backward (~1.5 h here), and each
+            # recovery row's 7 rounds 14,336, more than an epoch
+            method_rows() + recovery_rows(obs_args={"grad_batch_size": 2}) + int8_rows(),
             "train: 44 articles of the official train set (11,877 questions); eval: the full official dev set "
             "(10,570); max_seq_length 256, doc_stride 128, batch 16, lr 1e-4, 2 epochs for every row (GMP over "
             "epoch 0-1, one-shot at step 0), distillation hardness 1.0, temperature 2.0"),
