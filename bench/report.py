@@ -1,5 +1,5 @@
-"""Markdown tables, the accuracy-vs-sparsity plot and the README section, all regenerated from
-bench/results/*.json."""
+"""Markdown tables, the accuracy-vs-sparsity and accuracy-vs-cost plots and the README section, all regenerated
+from bench/results/*.json."""
 
 import glob
 import json
@@ -35,35 +35,51 @@ def markdown_table(results: dict) -> str:
                  f"{row['nonzero_parameters']:,}"]
         cells += [f"{_percent(table, row['metrics'][key]):.2f}" if key in row["metrics"] else "-"
                   for _, key in metric_columns]
-        cells.append(" + ".join([train_time(row)] + [f"{name} {train_time(start)}"
-                                                     for name, start in start_chain(row, results["rows"])]))
+        cells.append(" + ".join([train_time(row)] + [f"{name} {train_time(model)}"
+                                                     for name, model in models_behind(row, results["rows"])]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def start_chain(row, rows: dict) -> list:
-    """[(name, row)] of the models this row starts from, nearest first (an INT8 row: its FP32 row, then the dense
-    one that started from), as trained on the machine that ran this row: all of it is in the row's cost."""
-    chain, recorded = [], row.get("start_points", {})
-    name = row.get("start_from")
-    while name and name not in (n for n, _ in chain):
-        start = recorded.get(name) or rows.get(name)
-        if not start:
-            break
-        chain.append((name, start))
-        name = start.get("start_from") or rows.get(name, {}).get("start_from")  # recorded start points omit it
-    return chain
+def models_behind(row, rows: dict) -> list:
+    """[(name, row)] of the models this row needs trained first, nearest first: the model it starts from and its
+    teacher, then theirs (an INT8 row: its FP32 row, then the dense one that started from and teaches). A row
+    recorded on a machine that trained them again uses those records: all of it is in the row's cost."""
+    behind, recorded = [], row.get("start_points", {})
+    wanted = [row.get("start_from"), row.get("teacher")]
+    while wanted:
+        name = wanted.pop(0)
+        if not name or name in (n for n, _ in behind) or not (recorded.get(name) or rows.get(name)):
+            continue
+        behind.append((name, recorded.get(name) or rows[name]))
+        links = rows.get(name, {})  # recorded start points keep scores and times, not what they started from
+        wanted += [links.get("start_from"), links.get("teacher")]
+    return behind
+
+
+def train_minutes(row) -> float | None:
+    """Training minutes; a row resumed from a checkpoint timed only its last attempt, so its total is
+    extrapolated from that attempt's steps. None when nothing was timed."""
+    seconds, resumed = row.get("train_runtime_s"), row.get("resumed_from_step", 0)
+    if not seconds or resumed >= row.get("global_steps", 1):  # resumed from its final checkpoint: nothing was timed
+        return None
+    if resumed:
+        seconds *= row["global_steps"] / (row["global_steps"] - resumed)
+    return seconds / 60
 
 
 def train_time(row) -> str:
-    """Training minutes; a row resumed from a checkpoint timed only its last attempt, so its total is
-    extrapolated from that attempt's steps (marked ≈)."""
-    seconds, resumed = row.get("train_runtime_s"), row.get("resumed_from_step", 0)
-    if not seconds or resumed >= row.get("global_steps", 1):  # resumed from its final checkpoint: nothing was timed
+    """Training minutes as the tables show them (≈: extrapolated from a resumed row's last attempt)."""
+    minutes = train_minutes(row)
+    if minutes is None:
         return "-"
-    if resumed:
-        seconds *= row["global_steps"] / (row["global_steps"] - resumed)
-    return f"{'≈' if resumed else ''}{seconds / 60:.0f} min"
+    return f"{'≈' if row.get('resumed_from_step', 0) else ''}{minutes:.0f} min"
+
+
+def total_minutes(row, rows: dict) -> float | None:
+    """The row's training time plus that of every model it needs: what it costs from the pretrained model."""
+    parts = [train_minutes(row)] + [train_minutes(model) for _, model in models_behind(row, rows)]
+    return None if None in parts else sum(parts)
 
 
 # Roughly one standard error of the dev-set estimate (binomial at the dense score and the dev-set size: SQuAD
@@ -143,7 +159,8 @@ METHOD_COLORS = {"GMP": "tab:blue", "GMP + distill": "tab:orange", "one-shot": "
                  "layer dropping": "tab:green", "layer dropping + distill": "tab:red",
                  "GMP from fine-tuned + distill": "tab:brown", "OBS from fine-tuned + distill": "tab:pink",
                  "OBS one-shot": "tab:olive", "dense + INT8": "black",
-                 "OBS from fine-tuned + INT8 + distill": "tab:cyan"}
+                 "OBS from fine-tuned + INT8 + distill": "tab:cyan",
+                 "GMP from fine-tuned + INT8 + distill": "tab:gray"}
 
 
 def plot(all_results: list, path: str):
@@ -188,6 +205,56 @@ def plot(all_results: list, path: str):
     plt.close(figure)
 
 
+COST_TABLES = ("squad", "sst2")  # the tables with recovery rows, whose start points and teachers count in the cost
+MACHINE_MARKERS = ("o", "s", "^", "D")
+
+
+def plot_cost(all_results: list, path: str):
+    """Accuracy against what each row costs to train from the pretrained model (its time plus that of every model
+    it needs), one panel per table; the marker says which machine timed the row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in all_results if r["rows"] and r["table"] in COST_TABLES]
+    if not shown:
+        return
+    machines = list(dict.fromkeys(row.get("environment", {}).get("cpu", "?")
+                                  for results in shown for row in results["rows"].values()))
+    figure, axes = plt.subplots(1, len(shown), figsize=(8.5 * len(shown), 4.6), squeeze=False)
+    for axis, results in zip(axes[0], shown):
+        table, rows = results["table"], results["rows"]
+        label, key = METRICS[table][0]
+        methods, longest = set(), 0.0
+        for name, row in rows.items():
+            minutes = total_minutes(row, rows)
+            if minutes is None or key not in row["metrics"]:
+                continue
+            method = row["method"] + (" + distill" if row["distilled"] else "")
+            machine = row.get("environment", {}).get("cpu", "?")
+            axis.scatter(minutes, _percent(table, row["metrics"][key]), color=METHOD_COLORS.get(method, "black"),
+                         marker=MACHINE_MARKERS[machines.index(machine) % len(MACHINE_MARKERS)],
+                         label=method if method not in methods else None, zorder=3)
+            methods.add(method)
+            longest = max(longest, minutes)
+            axis.annotate(f"{name} ({100 * row['sparsity']:.0f}%)", (minutes, _percent(table, row["metrics"][key])),
+                          textcoords="offset points", xytext=(4, 4), fontsize=6)
+        for index, machine in enumerate(machines):  # legend entries for the marker shapes alone
+            axis.scatter([], [], color="white", edgecolor="black",
+                         marker=MACHINE_MARKERS[index % len(MACHINE_MARKERS)], label=f"timed on {machine}")
+        axis.set_title(f"{TITLES.get(table, table)}: score against training cost")
+        axis.set_xlabel("training minutes on 2 CPU cores, the row plus every model it needs\n"
+                        "(its start point and its teacher; compare times within one machine)", fontsize=8)
+        axis.set_ylabel(label)
+        axis.set_xlim(0, 1.3 * longest)  # room for the rightmost row's name
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the points, not on them
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def _dense_parameters(results):
     dense = results["rows"].get("dense")
     return dense["nonzero_parameters"] if dense else max(r["parameters"] for r in results["rows"].values())
@@ -210,6 +277,7 @@ def regenerate(results_dir: str, readme: str | None = None):
     order = list(METRICS)
     all_results.sort(key=lambda r: order.index(r["table"]) if r["table"] in order else len(order))
     plot(all_results, os.path.join(results_dir, "accuracy_vs_sparsity.png"))
+    plot_cost(all_results, os.path.join(results_dir, "accuracy_vs_cost.png"))
     if readme and os.path.isfile(readme):
         _update_readme(readme, all_results)
 
@@ -236,6 +304,8 @@ def _update_readme(readme, all_results):
     body = "\n\n".join(sections) or "_No benchmark row has finished yet._"
     if any(r["rows"] for r in all_results if r["table"] != "tiny"):
         body += "\n\n![accuracy against sparsity](bench/results/accuracy_vs_sparsity.png)"
+    if any(r["rows"] for r in all_results if r["table"] in COST_TABLES):
+        body += "\n\n![accuracy against training cost](bench/results/accuracy_vs_cost.png)"
     replace_readme_section(readme, README_START, README_END, body)
 
 

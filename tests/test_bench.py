@@ -6,6 +6,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 
@@ -89,8 +91,8 @@ def test_goals_table_measures_the_best_row_per_sparsity_and_int8_against_its_fp3
     assert goals_table({"table": "mrpc", "rows": results["rows"]}) == ""  # no goals set for that table
 
 
-def test_a_rows_cost_adds_every_model_it_starts_from():
-    from bench.report import markdown_table
+def test_a_rows_cost_adds_every_model_it_needs():
+    from bench.report import markdown_table, total_minutes
 
     def row(minutes, **extra):
         return {"method": "m", "sparsity": 0.8, "epochs": 1, "pruning_epochs": 0, "distilled": True, "layers": 6,
@@ -99,10 +101,15 @@ def test_a_rows_cost_adds_every_model_it_starts_from():
 
     # the INT8 row records the two models under it as they were trained on its machine, not as the table has them
     int8 = row(67, start_from="ft", start_points={"ft": row(68), "dense": row(57)})
-    results = {"table": "sst2", "rows": {"dense": row(32), "ft": row(60, start_from="dense"), "ft_int8": int8}}
+    results = {"table": "sst2", "rows": {"dense": row(32), "ft": row(60, start_from="dense"), "ft_int8": int8,
+                                         "distilled": row(48, teacher="dense")}}
     lines = markdown_table(results).splitlines()
-    assert lines[-1].endswith("| 67 min + ft 68 min + dense 57 min |")
-    assert lines[-2].endswith("| 60 min + dense 32 min |") and lines[-3].endswith("| 32 min |")
+    assert lines[-2].endswith("| 67 min + ft 68 min + dense 57 min |")
+    assert lines[-3].endswith("| 60 min + dense 32 min |") and lines[-4].endswith("| 32 min |")
+    # a teacher is trained first too, even when the row starts from the pretrained model
+    assert lines[-1].endswith("| 48 min + dense 32 min |")
+    assert total_minutes(int8, results["rows"]) == pytest.approx(67 + 68 + 57)
+    assert total_minutes(results["rows"]["distilled"], results["rows"]) == pytest.approx(48 + 32)
 
 
 def test_train_time_of_a_resumed_row_is_extrapolated_from_its_last_attempt():
@@ -126,3 +133,25 @@ def test_every_benchmark_row_loads_its_recipe_with_its_arguments():
             manager = load_recipe(os.path.join(REPO, "recipes", row.recipe), row.recipe_args)
             if "num_epochs" in row.recipe_args:
                 assert manager.max_epochs == row.recipe_args["num_epochs"], (table, row.name)
+
+
+def test_tables_plots_and_readme_are_regenerated_from_the_json(tmp_path):
+    from bench.report import regenerate
+
+    def row(accuracy, minutes, **extra):
+        return {"method": "GMP", "sparsity": 0.8, "epochs": 2, "pruning_epochs": 1, "distilled": False, "layers": 6,
+                "nonzero_parameters": 10, "parameters": 20, "metrics": {"eval_accuracy": accuracy},
+                "train_runtime_s": 60.0 * minutes, "global_steps": 10, "environment": {"cpu": "test CPU"}, **extra}
+
+    rows = {"dense": {**row(0.9, 30), "method": "dense", "sparsity": 0.0, "nonzero_parameters": 20},
+            "gmp80": row(0.88, 40, start_from="dense")}
+    (tmp_path / "sst2.json").write_text(json.dumps({"table": "sst2", "budget": "a test budget", "rows": rows}))
+    readme = tmp_path / "README.md"
+    readme.write_text("before\n<!-- bench:start -->\nold\n<!-- bench:end -->\nafter\n")
+    regenerate(str(tmp_path), str(readme))
+    text = readme.read_text()
+    assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
+    assert "| gmp80 | GMP | 80% |" in text and "| 40 min + dense 30 min |" in text
+    assert "| best 80% row keeps >= 99% of dense | gmp80 | 88.00 | dense 90.00 | 97.8% | **no** (-1.2) |" in text
+    for plot in ("accuracy_vs_sparsity.png", "accuracy_vs_cost.png"):
+        assert (tmp_path / plot).stat().st_size > 10_000 and f"(bench/results/{plot})" in text
