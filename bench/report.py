@@ -163,6 +163,11 @@ METHOD_COLORS = {"GMP": "tab:blue", "GMP + distill": "tab:orange", "one-shot": "
                  "GMP from fine-tuned + INT8 + distill": "tab:gray"}
 
 
+def method_label(row) -> str:
+    """The method as the plots' legends name it: distilled rows apart from the same method without a teacher."""
+    return row["method"] + (" + distill" if row["distilled"] else "")
+
+
 def plot(all_results: list, path: str):
     """Accuracy (F1 for SQuAD) against sparsity, one line per method, one panel per table."""
     import matplotlib
@@ -183,7 +188,7 @@ def plot(all_results: list, path: str):
             if name == "dense":  # the reference every method is measured against
                 axis.axhline(score, color="gray", linestyle="--", linewidth=1, label=f"dense ({score:.1f})")
                 continue
-            method = row["method"] + (" + distill" if row["distilled"] else "")
+            method = method_label(row)
             removed = 100 * (1 - row["nonzero_parameters"] / _dense_parameters(results))
             series.setdefault(method, []).append((removed, score, name))
         for method, points in sorted(series.items()):
@@ -231,14 +236,14 @@ def plot_cost(all_results: list, path: str):
             minutes = total_minutes(row, rows)
             if minutes is None or key not in row["metrics"]:
                 continue
-            method = row["method"] + (" + distill" if row["distilled"] else "")
+            method, score = method_label(row), _percent(table, row["metrics"][key])
             machine = row.get("environment", {}).get("cpu", "?")
-            axis.scatter(minutes, _percent(table, row["metrics"][key]), color=METHOD_COLORS.get(method, "black"),
+            axis.scatter(minutes, score, color=METHOD_COLORS.get(method, "black"),
                          marker=MACHINE_MARKERS[machines.index(machine) % len(MACHINE_MARKERS)],
                          label=method if method not in methods else None, zorder=3)
             methods.add(method)
             longest = max(longest, minutes)
-            axis.annotate(f"{name} ({100 * row['sparsity']:.0f}%)", (minutes, _percent(table, row["metrics"][key])),
+            axis.annotate(f"{name} ({100 * row['sparsity']:.0f}%)", (minutes, score),
                           textcoords="offset points", xytext=(4, 4), fontsize=6)
         for index, machine in enumerate(machines):  # legend entries for the marker shapes alone
             axis.scatter([], [], color="white", edgecolor="black",
