@@ -13,6 +13,7 @@ import logging
 import psutil
 import torch
 from sparseml.pytorch.optim import ScheduledModifierManager
+from sparseml.pytorch.sparsification.modifier import ScheduledUpdateModifier
 from torch.utils.data import DataLoader
 
 from sparsebert.errors import UsageError
@@ -199,9 +200,26 @@ class RecipeRun:
                                            **self._initialize_kwargs(grad_sampler))
         self.optimizer = RecipeOptimizer(optimizer, step_wrapper)
         if start_epoch:
-            logger.info(f"Recipe schedule resumed at epoch {start_epoch:.4f} ({round(start_epoch * steps_per_epoch)} "
-                        f"optimizer steps)")
+            resumed_steps = round(start_epoch * steps_per_epoch)
+            logger.info(f"Recipe schedule resumed at epoch {start_epoch:.4f} ({resumed_steps} optimizer steps)")
+            self._restart_pruning_schedules(model, optimizer, steps_per_epoch, resumed_steps)
         return self.optimizer
+
+    def _restart_pruning_schedules(self, model, optimizer, steps_per_epoch: int, resumed_steps: int):
+        """sparseml times a pruning modifier's updates from the step it started at. Left to itself, a resumed run
+        starts it at the resumed step: an extra pruning step there, ahead of the recipe's sparsity (for OBS, an
+        extra round of gradient sampling too), and every later step shifted. Start each one instead at the last
+        step an unbroken run updated it: the checkpoint's zeros are that step's mask, so pruning again to that
+        step's sparsity takes them and nothing else, and the next updates fall where the recipe puts them."""
+        for modifier in self.manager.pruning_modifiers:
+            if not isinstance(modifier, ScheduledUpdateModifier) or modifier.started:
+                continue
+            epoch = last_update_epoch(modifier, steps_per_epoch, resumed_steps)
+            if epoch is None:  # it starts after the resumed step
+                continue
+            logger.info(f"{type(modifier).__name__}: masks restored from the checkpoint's zeros, as its update at "
+                        f"epoch {epoch:.4f} left them")
+            modifier.scheduled_update(model, optimizer, epoch, steps_per_epoch)
 
     def loss_update(self, loss, model, outputs, inputs):
         """The recipe's say on the loss (its DistillationModifier mixes in the teacher's); before backward."""
@@ -222,6 +240,25 @@ class RecipeRun:
         if self.manager.initialized:
             self.manager.finalize(model)
         remove_skipped_layers(model)
+
+
+def last_update_epoch(modifier, steps_per_epoch: int, steps: int) -> float | None:
+    """The epoch of the last update an unbroken run gives `modifier` in its first `steps` optimizer steps, by
+    sparseml's rule (ScheduledUpdateModifier.update_ready): the first step at or past start_epoch, then each first
+    step at least update_frequency (-1: every step) past the previous update, until the first at or past
+    end_epoch; epochs as the step wrapper counts them. None when it has not started by then."""
+    start, end, frequency = modifier.start_epoch, modifier.end_epoch, modifier.update_frequency
+    last = None
+    for step in range(steps):
+        epoch = float(step // steps_per_epoch) + float(step % steps_per_epoch) / float(steps_per_epoch)
+        if last is None and not (epoch >= start or start == -1):
+            continue  # not started yet
+        ends = 0.0 <= end <= epoch
+        if last is None or ends or frequency == -1 or epoch >= last + frequency:
+            last = epoch
+            if ends:
+                break  # that update ended it
+    return last
 
 
 def gradient_sampler(model, dataset, collate_fn, num_grads: int):

@@ -221,6 +221,52 @@ def test_resume_with_lr_and_distillation_modifiers_matches_the_uninterrupted_run
     assert _f1(resumed) == pytest.approx(_f1(whole))
 
 
+COARSE_SCHEDULES_RECIPE = """
+    training_modifiers:
+      - !EpochRangeModifier
+        start_epoch: 0
+        end_epoch: 2
+      - !OBSPruningModifier
+        params: ["re:bert.encoder.layer.*.intermediate.dense.weight"]
+        init_sparsity: 0.3
+        final_sparsity: 0.7
+        start_epoch: 0
+        end_epoch: 1.0
+        update_frequency: 0.4
+        global_sparsity: True
+        num_grads: 16
+        fisher_block_size: 8
+        grad_sampler_kwargs:
+          batch_size: 4
+      - !GMPruningModifier
+        params: ["re:bert.encoder.layer.*.output.dense.weight"]
+        init_sparsity: 0.2
+        final_sparsity: 0.8
+        start_epoch: 0
+        end_epoch: 1.5
+        update_frequency: 0.5
+"""
+
+
+def test_resume_between_pruning_steps_keeps_the_recipes_pruning_steps(qa_model_dir, squad_files, tmp_path):
+    # 15 steps an epoch: OBS prunes at steps 0, 6, 12 and 15, GMP at 0, 8, 16 and 23. Resumed from step 10, each
+    # must prune next where the unbroken run did (not at step 10, with its later steps shifted), and restoring
+    # their masks from the checkpoint must change no weight
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(textwrap.dedent(COARSE_SCHEDULES_RECIPE))
+    whole, resumed = _whole_and_resumed(qa_model_dir, squad_files, tmp_path, 10, "--recipe", str(recipe))
+
+    def by_step(output_dir, key):
+        return {h["step"]: h[key] for h in _training_logs(output_dir) if h["step"] > 10}
+
+    expected, got = by_step(whole, "sparsity"), by_step(resumed, "sparsity")
+    assert set(got) == set(expected) == set(range(11, 31))
+    assert got == pytest.approx(expected, abs=1e-4)
+    # the losses of the steps before OBS samples gradients again (step 13) are the unbroken run's: same weights
+    expected, got = by_step(whole, "loss"), by_step(resumed, "loss")
+    assert [got[step] for step in (11, 12, 13)] == pytest.approx([expected[step] for step in (11, 12, 13)], rel=1e-4)
+
+
 def test_prune_quant_recipe_trains_int8_and_reloads_for_evaluation_and_export(qa_model_dir, squad_files, tmp_path):
     model_dir = tmp_path / "twelve-layers"
     make_bert(hidden_size=32, num_layers=12, seed=6).save_pretrained(model_dir)
