@@ -483,3 +483,31 @@ def test_the_sparsity_report_covers_what_sparseml_prunes_weighted_by_size(tmp_pa
     report = sparsity_report(trainer.model, trainer.targeted_names)
     assert report["targeted_sparsity"] == pytest.approx(0.7, abs=0.005)
     assert logged[-1]["sparsity"] == pytest.approx(0.7, abs=0.005)
+
+
+@pytest.mark.parametrize("schedule", [
+    {"start_epoch": 0.0, "end_epoch": 1.5, "update_frequency": 0.5},
+    {"start_epoch": 0.3, "end_epoch": 2.0, "update_frequency": 0.25},
+    {"start_epoch": 0.5, "end_epoch": 0.6, "update_frequency": 0.5},  # ends at its second update
+    {"start_epoch": 1.0, "end_epoch": 1.9, "update_frequency": -1},   # every step
+])
+@pytest.mark.parametrize("steps_per_epoch", [15, 4])  # 4: updates fall exactly on update_frequency
+def test_last_update_epoch_is_where_sparseml_last_updated(schedule, steps_per_epoch):
+    # what resuming relies on: for every step a run could be resumed at, the last update sparseml's step wrapper
+    # gave the modifier before it
+    from sparseml.pytorch.optim import ScheduledModifierManager
+    from sparseml.pytorch.sparsification import GMPruningModifier
+
+    from sparsebert.recipe_run import last_update_epoch
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8))
+    modifier = GMPruningModifier(params=["0.weight"], init_sparsity=0.2, final_sparsity=0.8, **schedule)
+    wrapper = ScheduledModifierManager([modifier]).modify(model, torch.optim.SGD(model.parameters(), lr=0.1),
+                                                          steps_per_epoch)
+    updated = None
+    for step in range(40):
+        assert last_update_epoch(modifier, steps_per_epoch, step) == updated, step
+        if modifier.update_ready(wrapper.wrapped_epoch, steps_per_epoch):  # the wrapper updates it in this step
+            updated = wrapper.wrapped_epoch
+        wrapper.step()
+    assert updated is not None
