@@ -4,7 +4,8 @@ modifier manager while training.
 The manager wants, besides the optimizer step it wraps: the model's structure changed before the optimizer
 exists (layer pruning), the student's loss and outputs every step (distillation), a teacher, and a way to sample
 gradients (OBS). RecipeRun hands it each of these through sparseml's public API (`apply_structure`, `modify`,
-`loss_update`, `finalize`), and tells the Trainer what the recipe takes over (the learning rate).
+`loss_update`, `finalize`; `scheduled_update` to restart a pruning schedule where a checkpoint left it), and tells
+the Trainer what the recipe takes over (the learning rate).
 """
 
 import inspect
@@ -13,7 +14,7 @@ import logging
 import psutil
 import torch
 from sparseml.pytorch.optim import ScheduledModifierManager
-from sparseml.pytorch.sparsification.modifier import ScheduledUpdateModifier
+from sparseml.pytorch.sparsification import BasePruningModifier
 from torch.utils.data import DataLoader
 
 from sparsebert.errors import UsageError
@@ -212,7 +213,7 @@ class RecipeRun:
         step an unbroken run updated it: the checkpoint's zeros are that step's mask, so pruning again to that
         step's sparsity takes them and nothing else, and the next updates fall where the recipe puts them."""
         for modifier in self.manager.pruning_modifiers:
-            if not isinstance(modifier, ScheduledUpdateModifier) or modifier.started:
+            if not isinstance(modifier, BasePruningModifier) or modifier.started:  # (not layer pruning: no masks)
                 continue
             epoch = last_update_epoch(modifier, steps_per_epoch, resumed_steps)
             if epoch is None:  # it starts after the resumed step
@@ -244,7 +245,7 @@ class RecipeRun:
 
 def last_update_epoch(modifier, steps_per_epoch: int, steps: int) -> float | None:
     """The epoch of the last update an unbroken run gives `modifier` in its first `steps` optimizer steps, by
-    sparseml's rule (ScheduledUpdateModifier.update_ready): the first step at or past start_epoch, then each first
+    sparseml's rule (its update_ready): the first step at or past start_epoch, then each first
     step at least update_frequency (-1: every step) past the previous update, until the first at or past
     end_epoch; epochs as the step wrapper counts them. None when it has not started by then."""
     start, end, frequency = modifier.start_epoch, modifier.end_epoch, modifier.update_frequency
