@@ -498,12 +498,13 @@ def test_last_update_epoch_is_where_sparseml_last_updated(schedule, steps_per_ep
     from sparseml.pytorch.optim import ScheduledModifierManager
     from sparseml.pytorch.sparsification import GMPruningModifier
 
+    from sparsebert.recipe import quiet_sparseml_loggers
     from sparsebert.recipe_run import last_update_epoch
 
     model = torch.nn.Sequential(torch.nn.Linear(8, 8))
     modifier = GMPruningModifier(params=["0.weight"], init_sparsity=0.2, final_sparsity=0.8, **schedule)
     wrapper = ScheduledModifierManager([modifier]).modify(model, torch.optim.SGD(model.parameters(), lr=0.1),
-                                                          steps_per_epoch)
+                                                          steps_per_epoch, loggers=quiet_sparseml_loggers())
     updated = None
     for step in range(40):
         assert last_update_epoch(modifier, steps_per_epoch, step) == updated, step
