@@ -85,11 +85,12 @@ def int8_rows():
 
 def recovery_budget(learning_rates: str) -> str:
     """How the rows of the SQuAD and SST-2 tables differ in schedule."""
-    return ("The seed's rows start from the pretrained model (GMP over epoch 0-1, one-shot at step 0); the recovery "
-            f"rows (ft_*) start from the dense row and follow their recipe: pruning steps over the first 3/4 of "
-            f"training, the learning rate restarted at each ({learning_rates}), masks fixed after; obs_oneshot80 prunes the dense row with "
-            "no training; an INT8 row is 1 epoch of QAT on the row it names. Distillation from the dense row: "
-            "hardness 1.0, temperature 2.0")
+    return ("2 epochs a row unless its epochs column says otherwise. The seed's rows start from the pretrained model "
+            "(GMP over epoch 0-1, one-shot at step 0); the recovery rows (ft_*) start from the dense row and follow "
+            "their recipe: pruning steps over the first 3/4 of training, the learning rate restarted at each "
+            f"({learning_rates}), masks fixed after; obs_oneshot80 prunes the dense row with no training; an INT8 "
+            "row is 1 epoch of QAT on the row it names. Distillation from the dense row: hardness 1.0, temperature "
+            "2.0")
 
 
 def tables(data_dir, model):
@@ -112,14 +113,13 @@ def tables(data_dir, model):
             # recovery row's 7 rounds 14,336, more than an epoch
             method_rows() + recovery_rows(obs_args={"grad_batch_size": 2}) + int8_rows(),
             "train: 44 articles of the official train set (11,877 questions); eval: the full official dev set "
-            "(10,570); max_seq_length 256, doc_stride 128, batch 16, lr 1e-4, 2 epochs a row unless its epochs column says otherwise. "
-            + recovery_budget("1e-4 to 1e-5")),
+            "(10,570); max_seq_length 256, doc_stride 128, batch 16, lr 1e-4, " + recovery_budget("1e-4 to 1e-5")),
         "sst2": ("run_glue.py", common + [
             "--task_name", "sst2", "--glue_data_dir", os.path.join(glue, "SST-2"), "--max_seq_length", "64",
             "--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "128", "--learning_rate", "5e-5"],
             method_rows() + recovery_rows({"init_lr": 5e-5, "final_lr": 5e-6}) + int8_rows(),
             "train: the full SST-2 train set (67,349); eval: dev (872); max_seq_length 64, batch 32, lr 5e-5, "
-            "2 epochs a row unless its epochs column says otherwise. " + recovery_budget("5e-5 to 5e-6")),
+            + recovery_budget("5e-5 to 5e-6")),
         **{task: ("run_glue.py", common + [
             "--task_name", task, "--glue_data_dir", os.path.join(glue, folder), "--max_seq_length", "128",
             "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "64", "--learning_rate", "5e-5"],
