@@ -276,8 +276,8 @@ def main():
     readme = None if args.no_readme or args.tiny else os.path.join(REPO, "README.md")
     for table, (script, common, rows, budget) in selected.items():
         path = os.path.join(args.results_dir, f"{table}.json")
-        results = json.load(open(path)) if os.path.isfile(path) else {"table": table, "rows": {}}
-        if results.get("budget") != budget:  # the harness's description of its rows, as it is now
+        results = json.load(open(path)) if os.path.isfile(path) else {"table": table, "budget": budget, "rows": {}}
+        if results["budget"] != budget:  # recorded under an older description of its rows
             results["budget"] = budget
             write_json(path, results)
         by_name = {row.name: row for row in rows}

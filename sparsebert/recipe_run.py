@@ -245,9 +245,9 @@ class RecipeRun:
 
 def last_update_epoch(modifier, steps_per_epoch: int, steps: int) -> float | None:
     """The epoch of the last update an unbroken run gives `modifier` in its first `steps` optimizer steps, by
-    sparseml's rule (its update_ready): the first step at or past start_epoch, then each first
-    step at least update_frequency (-1: every step) past the previous update, until the first at or past
-    end_epoch; epochs as the step wrapper counts them. None when it has not started by then."""
+    sparseml's rule (its update_ready): the first step at or past start_epoch, then each first step at least
+    update_frequency (-1: every step) past the previous update, until the first at or past end_epoch; epochs as
+    the step wrapper counts them. None when it has not started by then."""
     start, end, frequency = modifier.start_epoch, modifier.end_epoch, modifier.update_frequency
     last = None
     for step in range(steps):
