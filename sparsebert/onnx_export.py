@@ -18,7 +18,10 @@ PARITY_TOLERANCE = 1e-4  # FP32: largest absolute logit difference, onnxruntime 
 # step away, and the layers after pass that on; a single logit may move by 15% of the largest on a sentence in a
 # hundred (measured on SST-2, for the QuantizeLinear/DequantizeLinear graph too). So the rule is on the answers
 # and on the average: the same prediction (argmax) for at least 99% of them, and the logits off by at most 1% of
-# the largest logit on average (a departure of the graph from the model shows as 3-7%).
+# the largest logit on average (a departure of the graph from the model shows as 3-7%). Some models are more
+# sensitive than that to rounding: a SQuAD MiniLM moves 3% of its answer positions when nothing but float32
+# rounding changes (quantization.nudge_rounding). So both bounds count from what the model gives against itself,
+# nudged so (int8_rule): for a model that rounding does not move, they are 99% and 1%.
 INT8_AGREEMENT, INT8_MEAN_RELATIVE_TOLERANCE = 0.99, 0.01
 
 
@@ -131,35 +134,17 @@ def _export_and_verify(model, tokenizer, export_dir: str, output_names, verify_b
         verify_batch = make_batch(tokenizer, batch_size=3, seq_len=min(32, model.config.max_position_embeddings))
     session = onnxruntime.InferenceSession(target, providers=["CPUExecutionProvider"])
     onnx_outputs = session.run(list(output_names), {n: verify_batch[n].numpy() for n in names})
-    torch_outputs = wrapped(*(verify_batch[n] for n in names))
+    inputs = [verify_batch[n] for n in names]
+    torch_outputs = [out.numpy() for out in wrapped(*inputs)]
     mask = verify_batch["attention_mask"].numpy().astype(bool)
-    max_diff = largest = total_diff = 0.0
-    agree = total = compared = 0
-    for ort_out, torch_out in zip(onnx_outputs, torch_outputs):
-        torch_out = torch_out.numpy()
-        per_token = torch_out.shape[:2] == mask.shape  # (batch, sequence, ...): padded positions mean nothing
-        kept = (lambda values: values[mask]) if per_token else (lambda values: values)
-        difference = np.abs(kept(ort_out) - kept(torch_out))
-        max_diff = max(max_diff, float(difference.max()))
-        total_diff, compared = total_diff + float(difference.sum()), compared + difference.size
-        largest = max(largest, float(np.abs(kept(torch_out)).max()))
-        # predictions: the answer position (QA: argmax over the unpadded positions), the class of each example
-        # or of each token (argmax over the last axis)
-        if per_token and torch_out.ndim == 2:
-            ort_out, torch_out = np.where(mask, ort_out, -np.inf), np.where(mask, torch_out, -np.inf)
-        if torch_out.shape[-1] > 1:
-            same = ort_out.argmax(-1) == torch_out.argmax(-1)
-            same = same[mask] if per_token and torch_out.ndim == 3 else same
-            agree, total = agree + int(same.sum()), total + same.size
-
-    agreement = agree / total if total else 1.0
-    mean_diff = total_diff / compared
+    compared = compare_outputs(onnx_outputs, torch_outputs, mask)
     if quantized:
-        parity_ok = agreement >= INT8_AGREEMENT and mean_diff <= INT8_MEAN_RELATIVE_TOLERANCE * largest
-        rule = f"INT8: same prediction for >= {INT8_AGREEMENT:.0%}, logits within {INT8_MEAN_RELATIVE_TOLERANCE:.0%} " \
-               f"of the largest ({largest:.3g}) on average"
+        floor = _own_rounding_floor(wrapped, inputs, torch_outputs, mask)
+        parity_ok, rule, tolerance = int8_rule(compared, floor)
     else:
-        parity_ok, rule = max_diff < PARITY_TOLERANCE, f"FP32: logits within {PARITY_TOLERANCE:g}"
+        parity_ok = compared["max_abs_diff"] < PARITY_TOLERANCE
+        rule, tolerance = f"FP32: logits within {PARITY_TOLERANCE:g}", PARITY_TOLERANCE
+    max_diff, mean_diff, agreement = compared["max_abs_diff"], compared["mean_abs_diff"], compared["agreement"]
     report = {
         "onnx_path": target,
         "precision": "int8" if quantized else "fp32",
@@ -167,15 +152,17 @@ def _export_and_verify(model, tokenizer, export_dir: str, output_names, verify_b
         "verify_shape": list(verify_batch["input_ids"].shape),
         "max_abs_diff": max_diff,
         "mean_abs_diff": mean_diff,
-        "largest_abs_output": largest,
+        "largest_abs_output": compared["largest"],
         "prediction_agreement": agreement,
         "rule": rule,
-        "tolerance": INT8_MEAN_RELATIVE_TOLERANCE * largest if quantized else PARITY_TOLERANCE,
+        "tolerance": tolerance,
         "parity_ok": parity_ok,
         "integer_ops": onnx_integer_ops(target),
         "initializer_sparsity": onnx_initializer_sparsity(target),
     }
-    if int8_rewrites is not None:
+    if quantized:
+        report["own_rounding_floor"] = {"prediction_agreement": floor["agreement"],
+                                        "mean_abs_diff": floor["mean_abs_diff"]}
         report["int8_graph_rewrites"] = int8_rewrites
     write_json(os.path.join(export_dir, "onnx_parity.json"), report)
     log = logger.info if report["parity_ok"] else logger.error
@@ -183,6 +170,55 @@ def _export_and_verify(model, tokenizer, export_dir: str, output_names, verify_b
         f"{report['verify_shape']} batch: max abs diff {max_diff:.2e} (mean {mean_diff:.2e}), same prediction "
         f"{agreement:.0%} ({'passes' if parity_ok else 'FAILS'} {rule})")
     return report
+
+
+def _own_rounding_floor(wrapped, inputs, outputs, mask) -> dict:
+    """The fake-quantized model against itself nudged by float32 rounding (quantization.nudge_rounding)."""
+    from sparsebert.quantization import nudge_rounding
+
+    handles = nudge_rounding(wrapped)
+    try:
+        return compare_outputs([out.numpy() for out in wrapped(*inputs)], outputs, mask)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def compare_outputs(outputs, reference, mask) -> dict:
+    """How far one run's outputs are from another's, on the unmasked positions: largest and mean absolute
+    difference, the reference's largest absolute value, and the share of the same predictions (the answer position:
+    argmax over the unpadded positions; the class of each example or token: argmax over the last axis)."""
+    max_diff = largest = total_diff = 0.0
+    agree = total = compared = 0
+    for output, expected in zip(outputs, reference):
+        per_token = expected.shape[:2] == mask.shape  # (batch, sequence, ...): padded positions mean nothing
+        kept = (lambda values: values[mask]) if per_token else (lambda values: values)
+        difference = np.abs(kept(output) - kept(expected))
+        max_diff = max(max_diff, float(difference.max()))
+        total_diff, compared = total_diff + float(difference.sum()), compared + difference.size
+        largest = max(largest, float(np.abs(kept(expected)).max()))
+        if per_token and expected.ndim == 2:
+            output, expected = np.where(mask, output, -np.inf), np.where(mask, expected, -np.inf)
+        if expected.shape[-1] > 1:
+            same = output.argmax(-1) == expected.argmax(-1)
+            same = same[mask] if per_token and expected.ndim == 3 else same
+            agree, total = agree + int(same.sum()), total + same.size
+    return {"max_abs_diff": max_diff, "mean_abs_diff": total_diff / compared, "largest": largest,
+            "agreement": agree / total if total else 1.0}
+
+
+def int8_rule(compared: dict, floor: dict) -> tuple[bool, str, float]:
+    """(passes, the rule in words, the mean-difference tolerance) for an INT8 export: onnxruntime against PyTorch
+    (`compared`), judged against the PyTorch model against itself nudged by float32 rounding (`floor`). It may
+    change at most 1 point more of the predictions than the nudge does, and depart on average by at most 1% of the
+    largest logit more than the nudge does: for a model that rounding does not move, 99% and 1%."""
+    needed = floor["agreement"] - (1 - INT8_AGREEMENT)
+    tolerance = INT8_MEAN_RELATIVE_TOLERANCE * compared["largest"] + floor["mean_abs_diff"]
+    passes = compared["agreement"] >= needed and compared["mean_abs_diff"] <= tolerance
+    rule = (f"INT8: same prediction for >= {needed:.1%} (1 point under the {floor['agreement']:.1%} of the model "
+            f"against itself nudged by float32 rounding), logits within {tolerance:.3g} on average (1% of the "
+            f"largest, {compared['largest']:.3g}, more than the nudged model's {floor['mean_abs_diff']:.3g})")
+    return passes, rule, tolerance
 
 
 def _output_axes(wrapped, tokenizer, output_names) -> dict:
