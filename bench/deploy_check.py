@@ -10,8 +10,9 @@ needs what training with --do_onnx_export leaves there: the model (for the PyTor
 config and tokenizer. It passes when at least 99% of the answers agree (QA: the same answer text; SST-2: the same
 label). An INT8 model may be more sensitive than that to float rounding alone: its PyTorch answers are then also
 taken with every quantizer's input nudged by one float32 rounding step (sparsebert.quantization.nudge_rounding),
-and the engine may change at most 1 point more of the answers than that nudge does. Results: bench/results/deploy_check.json and .md, one row per folder, FP32 or INT8 as its export says; a
-folder checked again replaces its row, the others' rows stay.
+and the engine may change at most 1 point more of the answers than that nudge does. Results:
+bench/results/deploy_check.json and .md, one row per folder, FP32 or INT8 as its export says; a folder checked
+again replaces its row, the others' rows stay.
 """
 
 import argparse
