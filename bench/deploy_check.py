@@ -138,8 +138,12 @@ def pytorch_sst2_predictions(folder, examples, nudged=False) -> dict:
     return predictions
 
 
+def same_answer(answer, reference) -> bool:
+    return str(answer).strip() == str(reference).strip()
+
+
 def same_share(answers: dict, reference: dict) -> float:
-    return sum(str(answers[k]).strip() == str(reference[k]).strip() for k in reference) / len(reference)
+    return sum(same_answer(answers[k], reference[k]) for k in reference) / len(reference)
 
 
 def check_folder(python, task, folder, label, examples) -> dict:
@@ -170,7 +174,7 @@ def check_folder(python, task, folder, label, examples) -> dict:
         scored = {"deepsparse": theirs, "pytorch": ours, "pytorch_nudged": nudged}
         row["f1"] = {name: squad_v1_metrics(answers, golds)["f1"] for name, answers in scored.items() if answers}
     row["disagreements"] = {k: {"deepsparse": theirs[k], "pytorch": ours[k]}
-                            for k in ours if str(theirs[k]).strip() != str(ours[k]).strip()}
+                            for k in ours if not same_answer(theirs[k], ours[k])}
     return row
 
 
