@@ -49,9 +49,12 @@ def models_behind(row, rows: dict) -> list:
     wanted = [row.get("start_from"), row.get("teacher")]
     while wanted:
         name = wanted.pop(0)
-        if not name or name in (n for n, _ in behind) or not (recorded.get(name) or rows.get(name)):
+        model = recorded.get(name)
+        if model is None or model.get("train_runtime_s") == rows.get(name, {}).get("train_runtime_s"):
+            model = rows.get(name)  # the table's record of that same run also knows whether it was resumed
+        if not name or name in (n for n, _ in behind) or not model:
             continue
-        behind.append((name, recorded.get(name) or rows[name]))
+        behind.append((name, model))
         links = rows.get(name, {})  # recorded start points keep scores and times, not what they started from
         wanted += [links.get("start_from"), links.get("teacher")]
     return behind

@@ -111,6 +111,12 @@ def test_a_rows_cost_adds_every_model_it_needs():
     assert total_minutes(int8, results["rows"]) == pytest.approx(67 + 68 + 57)
     assert total_minutes(results["rows"]["distilled"], results["rows"]) == pytest.approx(48 + 32)
 
+    # a start point resumed across sessions: its folder timed only its last attempt, the table's row knows the rest
+    resumed = row(30, start_from="dense", resumed_from_step=5)  # 30 min for the last 5 of 10 steps
+    results["rows"]["ft"] = resumed
+    int8["start_points"]["ft"] = row(30)
+    assert total_minutes(int8, results["rows"]) == pytest.approx(67 + 60 + 57)
+
 
 def test_train_time_of_a_resumed_row_is_extrapolated_from_its_last_attempt():
     from bench.report import train_time
