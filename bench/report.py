@@ -49,9 +49,9 @@ def models_behind(row, rows: dict) -> list:
     wanted = [row.get("start_from"), row.get("teacher")]
     while wanted:
         name = wanted.pop(0)
-        model = recorded.get(name)
-        if model is None or model.get("train_runtime_s") == rows.get(name, {}).get("train_runtime_s"):
-            model = rows.get(name)  # the table's record of that same run also knows whether it was resumed
+        model, own = recorded.get(name), rows.get(name)
+        if model is None or (own and model.get("train_runtime_s") == own.get("train_runtime_s")):
+            model = own  # the table's record of that same run also knows whether it was resumed
         if not name or name in (n for n, _ in behind) or not model:
             continue
         behind.append((name, model))
