@@ -61,8 +61,10 @@ def models_behind(row, rows: dict) -> list:
 
 
 def train_minutes(row) -> float | None:
-    """Training minutes; a row resumed from a checkpoint timed only its last attempt, so its total is
-    extrapolated from that attempt's steps. None when nothing was timed."""
+    """Training minutes over all attempts; a row resumed from a checkpoint that did not keep its time timed
+    only its last attempt, so its total is extrapolated from that attempt's steps. None when nothing was timed."""
+    if row.get("train_runtime_all_attempts_s"):
+        return row["train_runtime_all_attempts_s"] / 60
     seconds, resumed = row.get("train_runtime_s"), row.get("resumed_from_step", 0)
     if not seconds or resumed >= row.get("global_steps", 1):  # resumed from its final checkpoint: nothing was timed
         return None
@@ -76,7 +78,8 @@ def train_time(row) -> str:
     minutes = train_minutes(row)
     if minutes is None:
         return "-"
-    return f"{'≈' if row.get('resumed_from_step', 0) else ''}{minutes:.0f} min"
+    extrapolated = row.get("resumed_from_step", 0) and not row.get("train_runtime_all_attempts_s")
+    return f"{'≈' if extrapolated else ''}{minutes:.0f} min"
 
 
 def total_minutes(row, rows: dict) -> float | None:

@@ -203,6 +203,7 @@ def run_row(script, common, row, work_dir, table, budget):
         "global_steps": state["global_step"],
         "metrics": eval_metrics(results),
         "train_runtime_s": results.get("train_runtime"),  # this attempt only, when resumed
+        "train_runtime_all_attempts_s": results.get("train_runtime_all_attempts"),  # None if a checkpoint lacked it
         "resumed_from_step": int(resumed.rsplit("-", 1)[1]) if resumed else 0,
         "wall_s": round(time.time() - started, 1),
         "onnx_parity_max_abs_diff": read("onnx_parity.json")["max_abs_diff"],
@@ -224,7 +225,8 @@ def start_points(row: Row, work_dir, table) -> dict:
     for name in dict.fromkeys(n for n in (row.start_from, row.teacher) if n):
         with open(os.path.join(work_dir, table, name, "all_results.json")) as handle:
             results = json.load(handle)
-        points[name] = {"metrics": eval_metrics(results), "train_runtime_s": results.get("train_runtime")}
+        points[name] = {"metrics": eval_metrics(results), "train_runtime_s": results.get("train_runtime"),
+                        "train_runtime_all_attempts_s": results.get("train_runtime_all_attempts")}
     return points
 
 
@@ -293,7 +295,10 @@ def main():
                     # train it again; its recorded result stays as it was
                     print(f"[bench] {table}/{row.name}: retraining {needed}, which it needs", flush=True)
                     run_row(script, common, by_name[needed], args.work_dir, table, budget)
-            results["rows"][row.name] = run_row(script, common, row, args.work_dir, table, budget)
+            finished = run_row(script, common, row, args.work_dir, table, budget)
+            # read the file again: it may have been edited (or regenerated) during the hours the row ran
+            results = json.load(open(path)) if os.path.isfile(path) else results
+            results["rows"][row.name] = finished
             # keep the harness's row order, whatever order the rows finished in
             order = [r.name for r in rows if r.name in results["rows"]]
             results["rows"] = {name: results["rows"][name]

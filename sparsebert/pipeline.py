@@ -199,6 +199,9 @@ def train_and_save(trainer, training_args, sparse_args, manager, tokenizer, num_
         raise Interrupted(trainer.graceful_stop.signal)
     save_model_atomically(trainer, training_args.output_dir)
     metrics = dict(result.metrics, train_samples=num_train_examples)
+    total = trainer.training_clock.seconds()
+    if total is not None:  # every attempt of a resumed run, where its checkpoints kept their time
+        metrics["train_runtime_all_attempts"] = round(total, 1)
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     trainer.save_state()

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import signal
+import time
 
 import torch
 from accelerate.utils import extract_model_from_parallel
@@ -76,6 +77,8 @@ class SparseMLTrainer(Trainer):
         self._finalized = False
         self.graceful_stop = GracefulStop()
         self.add_callback(self.graceful_stop)
+        self.training_clock = TrainingClock()
+        self.add_callback(self.training_clock)
 
     @property
     def targeted_names(self) -> list[str]:
@@ -144,6 +147,7 @@ class SparseMLTrainer(Trainer):
     def train(self, *args, **kwargs):
         """Train; at the end the recipe lets go of the model (see finalize_recipe), unless a signal stopped
         training early to be resumed."""
+        self.training_clock.start(kwargs.get("resume_from_checkpoint", args[0] if args else None))
         result = super().train(*args, **kwargs)
         if self.graceful_stop.signal is None:
             self.finalize_recipe()
@@ -265,6 +269,40 @@ class GracefulStop(TrainerCallback):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
+
+
+class TrainingClock(TrainerCallback):
+    """Training time over every attempt of a run resumed from checkpoints (the Trainer's train_runtime times
+    the last attempt only): each checkpoint keeps the seconds spent up to its step, and a resumed run adds its
+    own to those. Unknown (None) after resuming from a checkpoint saved without them."""
+
+    file_name = "training_time.json"
+
+    def __init__(self):
+        self.start(None)
+
+    def start(self, resume_from_checkpoint):
+        self.started, self.ended, self.before = time.monotonic(), None, 0.0
+        if isinstance(resume_from_checkpoint, str):
+            path = os.path.join(resume_from_checkpoint, self.file_name)
+            self.before = None
+            if os.path.isfile(path):
+                with open(path) as handle:
+                    self.before = json.load(handle)["train_seconds"]
+
+    def seconds(self) -> float | None:
+        if self.before is None:
+            return None
+        return self.before + (self.ended or time.monotonic()) - self.started
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.ended = time.monotonic()  # saving the model afterwards is not training
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if self.before is not None and state.is_world_process_zero and os.path.isdir(folder):
+            write_json(os.path.join(folder, self.file_name),
+                       {"global_step": state.global_step, "train_seconds": round(self.seconds(), 1)})
 
 
 def _recipe(recipe, recipe_args, args) -> tuple[str, ScheduledModifierManager | None]:

@@ -118,12 +118,15 @@ def test_a_rows_cost_adds_every_model_it_needs():
     assert total_minutes(int8, results["rows"]) == pytest.approx(67 + 60 + 57)
 
 
-def test_train_time_of_a_resumed_row_is_extrapolated_from_its_last_attempt():
+def test_train_time_of_a_resumed_row_sums_its_attempts_or_is_extrapolated():
     from bench.report import train_time
 
     assert train_time({"train_runtime_s": 600.0, "global_steps": 100}) == "10 min"
     # 25 of 100 steps ran before the interruption: the last attempt's 600 s covered 75 steps
     assert train_time({"train_runtime_s": 600.0, "global_steps": 100, "resumed_from_step": 25}) == "≈13 min"
+    # checkpoints that kept their time give every attempt's: exact, whatever the last attempt took
+    assert train_time({"train_runtime_s": 600.0, "global_steps": 100, "resumed_from_step": 25,
+                       "train_runtime_all_attempts_s": 1500.0}) == "25 min"
     # resumed from its final checkpoint (killed after training, before its row was recorded): nothing was timed
     assert train_time({"train_runtime_s": 0.5, "global_steps": 100, "resumed_from_step": 100}) == "-"
 

@@ -93,10 +93,27 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(qa_model_dir, squad_file
     stopped_at = _json(output_dir / checkpoints[0] / "trainer_state.json")["global_step"]
     assert 0 < stopped_at < 600  # mid-run, and no step lost: the checkpoint is at the step it stopped
     assert not (output_dir / "model.safetensors").exists()  # nothing passes for a finished model
+    clock = _json(output_dir / checkpoints[0] / "training_time.json")  # the time spent up to that step
+    assert clock["global_step"] == stopped_at and clock["train_seconds"] > 1.0
 
     run_qa.main(argv + ["--resume_from_checkpoint", "last"])
     assert _json(output_dir / "trainer_state.json")["global_step"] == 600  # 15 steps x 40 epochs
+    # the training time counts both attempts, not only the last one as the Trainer's train_runtime does
+    results = _json(output_dir / "all_results.json")
+    assert results["train_runtime_all_attempts"] == pytest.approx(clock["train_seconds"] + results["train_runtime"],
+                                                                  abs=2.0)
     assert _json(output_dir / "sparsity_report.json")["targeted_sparsity"] == pytest.approx(0.8, abs=0.005)
+
+
+def test_a_checkpoint_without_its_training_time_leaves_the_total_unknown(tmp_path):
+    from sparsebert.trainer import TrainingClock
+
+    clock = TrainingClock()
+    clock.start(str(tmp_path))  # a checkpoint saved before checkpoints kept their time
+    assert clock.seconds() is None
+    (tmp_path / TrainingClock.file_name).write_text('{"global_step": 5, "train_seconds": 100.0}')
+    clock.start(str(tmp_path))
+    assert 100.0 <= clock.seconds() < 105.0
 
 
 def test_torchrun_two_processes_follow_the_same_schedule(qa_model_dir, squad_files, tmp_path):
