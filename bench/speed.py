@@ -14,6 +14,12 @@
     (latency) and 16 x 384 (QA) / 32 x 64 (classification) (throughput) in onnxruntime and, when installed,
     DeepSparse; with the file's size and gzip size.
 Each configuration is timed in alternating rounds so that drifts of a noisy machine hit all of them alike.
+
+    python bench/speed.py --trained DENSE_DIR SPARSE_DIR ...   # writes speed_trained.json and .md
+
+(c) Trained exports: the model.onnx of export folders as training wrote them (e.g. the benchmark's rows), the
+    first folder the baseline (a dense FP32 model, in onnxruntime). Where a recipe put its zeros (OBS prunes
+    some layers far more than others) can change the speed one-shot files with even layers show.
 """
 
 import argparse
@@ -114,7 +120,6 @@ def time_rounds(runners: dict, rounds: int, repeats: int) -> dict:
 
 
 def inference(model_dir, work, rounds, use_deepsparse):
-    import onnxruntime
     from transformers import AutoConfig, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -140,19 +145,8 @@ def inference(model_dir, work, rounds, use_deepsparse):
             inputs = batch(*shape, tokenizer)
             runners = {}
             for variant, path in files.items():
-                options = onnxruntime.SessionOptions()
-                options.intra_op_num_threads = os.cpu_count()
-                session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-                runners[("onnxruntime", *variant)] = lambda s=session: s.run(None, inputs)
-                if use_deepsparse:
-                    from deepsparse import compile_model
-
-                    # compile_model fixes the input shapes in the file it is given: hand it a copy
-                    copy = path.replace(".onnx", f"-{shape[0]}x{shape[1]}.onnx")
-                    shutil.copyfile(path, copy)
-                    engine = compile_model(copy, batch_size=shape[0], input_shapes=[list(shape)] * len(inputs))
-                    ordered = list(inputs.values())
-                    runners[("deepsparse", *variant)] = lambda e=engine: e.run(ordered)
+                for engine_name, run in runners_for(path, inputs, use_deepsparse, work).items():
+                    runners[(engine_name, *variant)] = run
             repeats = 20 if shape[0] == 1 else 3
             timings = time_rounds(runners, rounds, repeats)
             for (engine_name, precision, sparsity), seconds in timings.items():
@@ -162,6 +156,91 @@ def inference(model_dir, work, rounds, use_deepsparse):
                              "median_ms": 1000 * median, "items_per_s": shape[0] / median,
                              "rounds_ms": [round(1000 * s, 3) for s in seconds]})
     return rows
+
+
+def runners_for(path, inputs, use_deepsparse, copy_dir):
+    """engine -> a callable running the ONNX file at path on inputs (DeepSparse compiled for their shape)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count()
+    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    runners = {"onnxruntime": lambda: session.run(None, inputs)}
+    if use_deepsparse:
+        from deepsparse import compile_model
+
+        # compile_model fixes the input shapes in the file it is given: hand it a copy
+        shape = next(iter(inputs.values())).shape
+        copy = os.path.join(copy_dir, f"{len(os.listdir(copy_dir))}-{shape[0]}x{shape[1]}.onnx")
+        shutil.copyfile(path, copy)
+        engine = compile_model(copy, batch_size=shape[0], input_shapes=[list(shape)] * len(inputs))
+        ordered = list(inputs.values())
+        runners["deepsparse"] = lambda: engine.run(ordered)
+    return runners
+
+
+def trained_exports(folders, work, rounds, use_deepsparse):
+    """Time each folder's model.onnx at batch-1 latency and its head's throughput shape, all in alternating
+    rounds; with each file's sparsity, precision and size."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    configs = {folder: AutoConfig.from_pretrained(folder) for folder in folders}
+    heads = {folder: "qa" if any("QuestionAnswering" in a for a in config.architectures or []) else "sst2"
+             for folder, config in configs.items()}
+    if len(set(heads.values())) != 1:
+        raise SystemExit(f"--trained: the folders mix heads ({sorted(set(heads.values()))}); time one task at once")
+    head = heads[folders[0]]
+    tokenizer = AutoTokenizer.from_pretrained(folders[0])
+    rows = []
+    for folder in folders:
+        with open(os.path.join(folder, "sparsity_report.json")) as handle:
+            sparsity = json.load(handle)["targeted_sparsity"]
+        with open(os.path.join(folder, "onnx_parity.json")) as handle:  # what the export wrote and checked
+            precision = json.load(handle)["precision"]
+        path = os.path.join(folder, "model.onnx")
+        rows.append({"folder": folder, "measure": "file", "sparsity": sparsity, "precision": precision,
+                     "bytes": os.path.getsize(path)})
+    throughput = HEADS[head][1]
+    max_positions = min(config.max_position_embeddings for config in configs.values())  # a test model has few
+    for shape_name, shape in (("latency 1x128", (1, 128)), (f"throughput {throughput[0]}x{throughput[1]}",
+                                                             throughput)):
+        inputs = batch(shape[0], min(shape[1], max_positions), tokenizer)
+        runners = {}
+        for folder in folders:
+            for engine_name, run in runners_for(os.path.join(folder, "model.onnx"), inputs, use_deepsparse,
+                                                work).items():
+                runners[folder, engine_name] = run
+        timings = time_rounds(runners, rounds, 20 if shape[0] == 1 else 3)
+        for (folder, engine_name), seconds in timings.items():
+            rows.append({"folder": folder, "measure": shape_name, "engine": engine_name,
+                         "median_ms": 1000 * statistics.median(seconds),
+                         "rounds_ms": [round(1000 * s, 3) for s in seconds]})
+    return head, rows
+
+
+def trained_markdown(result) -> str:
+    """One line per folder and engine: ms per batch, and the speed-up against the first folder in onnxruntime."""
+    files = {r["folder"]: r for r in result["rows"] if r["measure"] == "file"}
+    timed = {(r["folder"], r["measure"], r["engine"]): r["median_ms"] for r in result["rows"] if "median_ms" in r}
+    measures = list(dict.fromkeys(r["measure"] for r in result["rows"] if "median_ms" in r))
+    baseline = result["folders"][0]
+    env = result["environment"]
+    lines = [f"**Trained exports** ({result['head']}; median ms per batch, in brackets the speed-up against "
+             f"`{os.path.basename(baseline)}` in onnxruntime; {env['cores']} cores of an {env['cpu']}, {env['date']})",
+             "", "| export | precision | sparsity | MB | engine | " + " | ".join(measures) + " |",
+             "|---|---|---|---|---|" + "---|" * len(measures)]
+    for folder in result["folders"]:
+        file = files[folder]
+        for engine_name in ("deepsparse", "onnxruntime"):
+            cells = []
+            for measure in measures:
+                value, base = timed.get((folder, measure, engine_name)), timed[baseline, measure, "onnxruntime"]
+                cells.append("–" if value is None else f"{value:.1f} ({base / value:.2f}x)")
+            if any(cell != "–" for cell in cells):
+                lines.append(f"| {os.path.basename(folder)} | {file['precision'].upper()} | "
+                             f"{100 * file['sparsity']:.0f}% | {file['bytes'] / 1e6:.1f} | {engine_name} | "
+                             + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def training_overhead(model_dir, rounds, steps):
@@ -268,19 +347,19 @@ def main():
                         help="time inference only; keep the training-step figures of the last speed.json")
     parser.add_argument("--report_only", action="store_true",
                         help="time nothing: rewrite speed.md and the README section from the last speed.json")
+    parser.add_argument("--trained", nargs="+", metavar="EXPORT_DIR",
+                        help="time these export folders' model.onnx instead (one task; the first is the baseline)")
     args = parser.parse_args()
+    if args.trained:
+        time_trained(args)
+        return
     if args.report_only:
         with open(os.path.join(args.results_dir, "speed.json")) as handle:
             write_reports(json.load(handle), args.results_dir, readme=not args.no_readme)
         return
     model_dir = args.model_name_or_path or default_model()
     model_label = os.path.basename(os.path.normpath(model_dir)) if args.model_name_or_path else "all-MiniLM-L6-v2"
-    try:
-        import deepsparse  # noqa: F401
-        use_deepsparse = True
-    except ImportError:
-        use_deepsparse = False
-        print("[speed] deepsparse is not installed: onnxruntime only", flush=True)
+    use_deepsparse = use_deepsparse_if_installed()
     work = tempfile.mkdtemp(prefix="speed-")
     try:
         if args.inference_only:
@@ -297,6 +376,39 @@ def main():
     os.makedirs(args.results_dir, exist_ok=True)
     write_json(os.path.join(args.results_dir, "speed.json"), result)
     write_reports(result, args.results_dir, readme=not args.no_readme)
+
+
+def use_deepsparse_if_installed() -> bool:
+    try:
+        import deepsparse  # noqa: F401
+        return True
+    except ImportError:
+        print("[speed] deepsparse is not installed: onnxruntime only", flush=True)
+        return False
+
+
+def time_trained(args):
+    """--trained: speed_trained_<head>.json and .md, and the README's section of that name."""
+    folders = [os.path.abspath(folder) for folder in args.trained]
+    for folder in folders:
+        for name in ("model.onnx", "onnx_parity.json", "sparsity_report.json"):
+            if not os.path.isfile(os.path.join(folder, name)):
+                raise SystemExit(f"--trained {folder}: no {name} (an output_dir exported with --do_onnx_export?)")
+    work = tempfile.mkdtemp(prefix="speed-")
+    try:
+        head, rows = trained_exports(folders, work, args.rounds, use_deepsparse_if_installed())
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result = {"head": head, "folders": folders, "environment": environment(), "rows": rows}
+    name = f"speed_trained_{head}"
+    os.makedirs(args.results_dir, exist_ok=True)
+    write_json(os.path.join(args.results_dir, f"{name}.json"), result)
+    with open(os.path.join(args.results_dir, f"{name}.md"), "w") as handle:
+        handle.write(trained_markdown(result) + "\n")
+    if not args.no_readme:
+        replace_readme_section(os.path.join(REPO, "README.md"), f"<!-- {name}:start -->", f"<!-- {name}:end -->",
+                               trained_markdown(result))
+    print(trained_markdown(result))
 
 
 def write_reports(result, results_dir, readme: bool):
