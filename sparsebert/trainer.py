@@ -11,6 +11,7 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 from sparseml.pytorch.optim import ScheduledModifierManager
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
 
 from sparsebert.errors import UsageError
 from sparsebert.jsonfile import write_json
@@ -147,7 +148,10 @@ class SparseMLTrainer(Trainer):
     def train(self, *args, **kwargs):
         """Train; at the end the recipe lets go of the model (see finalize_recipe), unless a signal stopped
         training early to be resumed."""
-        self.training_clock.start(kwargs.get("resume_from_checkpoint", args[0] if args else None))
+        resume = kwargs.get("resume_from_checkpoint", args[0] if args else None)
+        if resume is True:  # the Trainer's way of saying the newest checkpoint in output_dir
+            resume = get_last_checkpoint(self.args.output_dir)
+        self.training_clock.start(resume)
         result = super().train(*args, **kwargs)
         if self.graceful_stop.signal is None:
             self.finalize_recipe()
