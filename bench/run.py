@@ -145,7 +145,9 @@ def tiny_tables(work_dir):
             Row("gmp80_distill", "80sparsity2epoch.yaml", "GMP", {"num_epochs": 1.0, "pruning_end_epoch": 0.5},
                 teacher="dense"),
             Row("ft_gmp80_distill", "finetuned_gmp80.yaml", "GMP from fine-tuned",
-                {"num_epochs": 4.0, "init_lr": 1e-3, "final_lr": 1e-4}, teacher="dense", start_from="dense")]
+                {"num_epochs": 4.0, "init_lr": 1e-3, "final_lr": 1e-4}, teacher="dense", start_from="dense"),
+            Row("ft_gmp80_distill_int8", "qat1epoch.yaml", "GMP from fine-tuned + INT8", {"init_lr": 1e-4},
+                teacher="dense", start_from="ft_gmp80_distill")]
     return {"tiny": ("run_qa.py", common, rows, "the built-in demo: 80 questions, 1 epoch")}
 
 
@@ -289,12 +291,7 @@ def main():
         for row in todo:
             if row.name in results["rows"]:
                 continue
-            for needed in {row.teacher, row.start_from} - {None}:
-                if not os.path.isfile(os.path.join(args.work_dir, table, needed, "model.safetensors")):
-                    # that row is done but its model is not on this machine (work/ is not committed):
-                    # train it again; its recorded result stays as it was
-                    print(f"[bench] {table}/{row.name}: retraining {needed}, which it needs", flush=True)
-                    run_row(script, common, by_name[needed], args.work_dir, table, budget)
+            retrain_missing_start_points(row, by_name, script, common, args.work_dir, table, budget)
             finished = run_row(script, common, row, args.work_dir, table, budget)
             # read the file again: it may have been edited (or regenerated) during the hours the row ran
             results = json.load(open(path)) if os.path.isfile(path) else results
@@ -306,6 +303,17 @@ def main():
             write_json(path, results)  # each row is kept the moment it is done
             regenerate(args.results_dir, readme)
     regenerate(args.results_dir, readme)
+
+
+def retrain_missing_start_points(row, by_name, script, common, work_dir, table, budget):
+    """Train again the rows this one starts from or learns from whose models are not on this machine (the work
+    folder is not committed), and theirs first: an INT8 row needs its pruned row, which needs the dense one.
+    Their recorded results stay as they were."""
+    for needed in sorted({row.teacher, row.start_from} - {None}):
+        if not os.path.isfile(os.path.join(work_dir, table, needed, "model.safetensors")):
+            retrain_missing_start_points(by_name[needed], by_name, script, common, work_dir, table, budget)
+            print(f"[bench] {table}/{row.name}: retraining {needed}, which it needs", flush=True)
+            run_row(script, common, by_name[needed], work_dir, table, budget)
 
 
 def default_work_dir() -> str:

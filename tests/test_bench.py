@@ -39,16 +39,25 @@ def test_tiny_benchmark_writes_rows_and_resumes(tmp_path):
     again = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert again.returncode == 0 and "[bench]" not in again.stdout
 
-    # on a fresh machine the teacher's model is gone (bench/work is not committed): it is trained again, and its
-    # recorded row is kept as it was
+    # an INT8 row is QAT on the pruned row, and records both models under it (its start point and teacher)
+    int8 = table["rows"]["ft_gmp80_distill_int8"]
+    assert int8["start_from"] == "ft_gmp80_distill" and abs(int8["sparsity"] - 0.80) < 0.01
+    assert set(int8["start_points"]) == {"ft_gmp80_distill", "dense"}
+
+    # on a fresh machine the models are gone (the work folder is not committed): the INT8 row needs the pruned
+    # row's model, which needs the dense one; both are trained again, in that order, and their recorded rows are
+    # kept as they were
     shutil.rmtree(work / "tiny")
-    del table["rows"]["gmp80_distill"]
+    del table["rows"]["ft_gmp80_distill_int8"]
     (results / "tiny.json").write_text(json.dumps(table))
     third = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert third.returncode == 0, third.stdout[-2000:] + third.stderr[-2000:]
-    assert "retraining dense, which it needs" in third.stdout
+    retrained = [line for line in third.stdout.splitlines() if "retraining" in line]
+    assert [line.split("retraining ")[1] for line in retrained] == ["dense, which it needs",
+                                                                    "ft_gmp80_distill, which it needs"]
     rerun = json.load(open(results / "tiny.json"))
-    assert rerun["rows"]["dense"] == dense and "gmp80_distill" in rerun["rows"]
+    assert rerun["rows"]["dense"] == dense and rerun["rows"]["ft_gmp80_distill"] == recovery
+    assert "ft_gmp80_distill_int8" in rerun["rows"]
 
 
 def _row(f1, **extra):
