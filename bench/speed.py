@@ -15,7 +15,7 @@
     DeepSparse; with the file's size and gzip size.
 Each configuration is timed in alternating rounds so that drifts of a noisy machine hit all of them alike.
 
-    python bench/speed.py --trained DENSE_DIR SPARSE_DIR ...   # writes speed_trained.json and .md
+    python bench/speed.py --trained DENSE_DIR SPARSE_DIR ...   # writes speed_trained_<head>.json and .md
 
 (c) Trained exports: the model.onnx of export folders as training wrote them (e.g. the benchmark's rows), the
     first folder the baseline (a dense FP32 model, in onnxruntime). Where a recipe put its zeros (OBS prunes
