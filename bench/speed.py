@@ -403,12 +403,13 @@ def time_trained(args):
     name = f"speed_trained_{head}"
     os.makedirs(args.results_dir, exist_ok=True)
     write_json(os.path.join(args.results_dir, f"{name}.json"), result)
+    table = trained_markdown(result)
     with open(os.path.join(args.results_dir, f"{name}.md"), "w") as handle:
-        handle.write(trained_markdown(result) + "\n")
+        handle.write(table + "\n")
     if not args.no_readme:
         replace_readme_section(os.path.join(REPO, "README.md"), f"<!-- {name}:start -->", f"<!-- {name}:end -->",
-                               trained_markdown(result))
-    print(trained_markdown(result))
+                               table)
+    print(table)
 
 
 def write_reports(result, results_dir, readme: bool):
