@@ -105,6 +105,31 @@ def test_goals_table_measures_the_best_row_per_sparsity_and_int8_against_its_fp3
     assert goals_table({"table": "mrpc", "rows": results["rows"]}) == ""  # no goals set for that table
 
 
+def test_trained_speed_goals_measure_each_int8_export_against_the_dense_fp32_one_in_onnxruntime():
+    from bench.speed import trained_goals
+
+    def file(folder, precision, sparsity):
+        return {"folder": folder, "measure": "file", "precision": precision, "sparsity": sparsity, "bytes": 1}
+
+    def timed(folder, engine, latency_ms, throughput_ms):
+        return [{"folder": folder, "measure": "latency 1x128", "engine": engine, "median_ms": latency_ms},
+                {"folder": folder, "measure": "throughput 16x384", "engine": engine, "median_ms": throughput_ms}]
+
+    result = {"head": "qa", "folders": ["/w/dense", "/w/obs90", "/w/obs90_int8"],
+              "rows": [file("/w/dense", "fp32", 0.0), file("/w/obs90", "fp32", 0.9),
+                       file("/w/obs90_int8", "int8", 0.9000000188)]
+              + timed("/w/dense", "onnxruntime", 30.0, 1200.0) + timed("/w/dense", "deepsparse", 20.0, 100.0)
+              + timed("/w/obs90_int8", "deepsparse", 12.0, 240.0) + timed("/w/obs90", "deepsparse", 1.0, 1.0)}
+    checks = {check["measure"]: check for check in trained_goals(result)}
+    # only the 90% INT8 file is measured, in DeepSparse, against the dense file in onnxruntime (not in DeepSparse)
+    assert {check["export"] for check in checks.values()} == {"obs90_int8"} and len(trained_goals(result)) == 2
+    assert checks["throughput 16x384"]["measured"] == pytest.approx(5.0) and checks["throughput 16x384"]["met"]
+    assert checks["latency 1x128"]["measured"] == pytest.approx(2.5) and not checks["latency 1x128"]["met"]
+    # no goals when the baseline is not the dense FP32 model, or for SST-2 (the goals are set on QA)
+    assert trained_goals({**result, "folders": result["folders"][1:]}) == []
+    assert trained_goals({**result, "head": "sst2"}) == []
+
+
 def test_a_rows_cost_adds_every_model_it_needs():
     from bench.report import markdown_table, total_minutes
 
