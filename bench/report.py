@@ -188,7 +188,7 @@ def plot(all_results: list, path: str):
     shown = [r for r in all_results if r["rows"] and r["table"] != "tiny"]
     if not shown:
         return
-    figure, axes = plt.subplots(1, len(shown), figsize=(4.5 * len(shown), 3.8), squeeze=False)
+    figure, axes = plt.subplots(1, len(shown), figsize=(4.5 * len(shown), 5.2), squeeze=False)
     for axis, results in zip(axes[0], shown):
         table = results["table"]
         label, key = METRICS[table][0]
@@ -205,8 +205,10 @@ def plot(all_results: list, path: str):
             points.sort()
             axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method,
                       color=METHOD_COLORS.get(method))
-            for removed, score, name in points:
-                axis.annotate(name, (removed, score), textcoords="offset points", xytext=(4, 4), fontsize=6)
+            for removed, score, name in points:  # an INT8 row sits on its FP32 row: its name goes below, leftwards
+                int8 = _is_int8(results["rows"][name])
+                axis.annotate(name, (removed, score), textcoords="offset points", xytext=(-4, -9) if int8 else (4, 4),
+                              ha="right" if int8 else "left", fontsize=6)
         axis.set_title(TITLES.get(table, table))
         removed_max = max((p[0] for points in series.values() for p in points), default=0.0)
         axis.set_xlim(-2, max(50.0, removed_max + 5))  # from dense (0) on, so the drop from dense reads as a slope
@@ -214,7 +216,7 @@ def plot(all_results: list, path: str):
                         "(embeddings stay dense: 80% of the encoder ≈ 38%)", fontsize=8)
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
+        axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)  # below, off the points
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
