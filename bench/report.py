@@ -282,7 +282,7 @@ def regenerate(results_dir: str, readme: str | None = None):
     for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
         with open(path) as handle:
             results = json.load(handle)
-        if "rows" not in results:
+        if "table" not in results:  # the speed results live beside the tables
             continue
         all_results.append(results)
         with open(os.path.join(results_dir, f"{results['table']}.md"), "w") as handle:
