@@ -218,10 +218,15 @@ def trained_exports(folders, work, rounds, use_deepsparse):
     return head, rows
 
 
+def trained_median_ms(result) -> dict:
+    """(folder, measure, engine) -> median ms per batch, from a --trained result."""
+    return {(r["folder"], r["measure"], r["engine"]): r["median_ms"] for r in result["rows"] if "median_ms" in r}
+
+
 def trained_markdown(result) -> str:
     """One line per folder and engine: ms per batch, and the speed-up against the first folder in onnxruntime."""
     files = {r["folder"]: r for r in result["rows"] if r["measure"] == "file"}
-    timed = {(r["folder"], r["measure"], r["engine"]): r["median_ms"] for r in result["rows"] if "median_ms" in r}
+    timed = trained_median_ms(result)
     measures = list(dict.fromkeys(r["measure"] for r in result["rows"] if "median_ms" in r))
     baseline = result["folders"][0]
     env = result["environment"]
@@ -320,7 +325,7 @@ def trained_goals(result) -> list:
     baseline = result["folders"][0]
     if kind[baseline] != ("fp32", 0):
         return []
-    timed = {(r["folder"], r["measure"], r["engine"]): r["median_ms"] for r in result["rows"] if "median_ms" in r}
+    timed = trained_median_ms(result)
     checks = []
     for measure, engine, precision, sparsity, minimum, goal in SPEED_GOALS:
         base = timed.get((baseline, measure, "onnxruntime"))
