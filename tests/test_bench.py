@@ -194,6 +194,8 @@ def test_tables_plots_and_readme_are_regenerated_from_the_json(tmp_path):
     rows = {"dense": {**row(0.9, 30), "method": "dense", "sparsity": 0.0, "nonzero_parameters": 20},
             "gmp80": row(0.88, 40, start_from="dense")}
     (tmp_path / "sst2.json").write_text(json.dumps({"table": "sst2", "budget": "a test budget", "rows": rows}))
+    # bench/speed.py --trained writes its results beside the tables: rows, but no table (it once crashed the report)
+    (tmp_path / "speed_trained_qa.json").write_text(json.dumps({"head": "qa", "folders": [], "rows": []}))
     readme = tmp_path / "README.md"
     readme.write_text("before\n<!-- bench:start -->\nold\n<!-- bench:end -->\nafter\n")
     regenerate(str(tmp_path), str(readme))
