@@ -218,6 +218,11 @@ def trained_exports(folders, work, rounds, use_deepsparse):
     return head, rows
 
 
+def trained_files(result) -> dict:
+    """folder -> its file row (precision, targeted sparsity, bytes), from a --trained result."""
+    return {r["folder"]: r for r in result["rows"] if r["measure"] == "file"}
+
+
 def trained_median_ms(result) -> dict:
     """(folder, measure, engine) -> median ms per batch, from a --trained result."""
     return {(r["folder"], r["measure"], r["engine"]): r["median_ms"] for r in result["rows"] if "median_ms" in r}
@@ -225,7 +230,7 @@ def trained_median_ms(result) -> dict:
 
 def trained_markdown(result) -> str:
     """One line per folder and engine: ms per batch, and the speed-up against the first folder in onnxruntime."""
-    files = {r["folder"]: r for r in result["rows"] if r["measure"] == "file"}
+    files = trained_files(result)
     timed = trained_median_ms(result)
     measures = list(dict.fromkeys(r["measure"] for r in result["rows"] if "median_ms" in r))
     baseline = result["folders"][0]
@@ -321,7 +326,7 @@ def trained_goals(result) -> list:
     first folder, when that is the dense FP32 model of the QA head."""
     if result["head"] != "qa":
         return []
-    kind = {r["folder"]: (r["precision"], round(100 * r["sparsity"])) for r in result["rows"] if r["measure"] == "file"}
+    kind = {folder: (row["precision"], round(100 * row["sparsity"])) for folder, row in trained_files(result).items()}
     baseline = result["folders"][0]
     if kind[baseline] != ("fp32", 0):
         return []
