@@ -189,6 +189,7 @@ def plot(all_results: list, path: str):
     if not shown:
         return
     figure, axes = plt.subplots(1, len(shown), figsize=(4.5 * len(shown), 5.2), squeeze=False)
+    labels = []
     for axis, results in zip(axes[0], shown):
         table = results["table"]
         label, key = METRICS[table][0]
@@ -205,10 +206,9 @@ def plot(all_results: list, path: str):
             points.sort()
             axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method,
                       color=METHOD_COLORS.get(method))
-            for removed, score, name in points:  # an INT8 row sits on its FP32 row: its name goes below, leftwards
-                int8 = _is_int8(results["rows"][name])
-                axis.annotate(name, (removed, score), textcoords="offset points", xytext=(-4, -9) if int8 else (4, 4),
-                              ha="right" if int8 else "left", fontsize=6)
+            for removed, score, name in points:
+                labels.append(axis.annotate(name, (removed, score), textcoords="offset points", xytext=(4, 0),
+                                            va="center", fontsize=6))
         axis.set_title(TITLES.get(table, table))
         removed_max = max((p[0] for points in series.values() for p in points), default=0.0)
         axis.set_xlim(-2, max(50.0, removed_max + 5))  # from dense (0) on, so the drop from dense reads as a slope
@@ -218,8 +218,38 @@ def plot(all_results: list, path: str):
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)  # below, off the points
     figure.tight_layout()
+    spread_labels(figure, labels)
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def spread_labels(figure, labels, passes=100):
+    """Move the points' names apart vertically where they overlap (rows of nearly the same score and sparsity, an
+    INT8 row on its FP32 row), keeping their top-to-bottom order, so each stays readable beside its point."""
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    boxes = [label.get_window_extent(renderer) for label in labels]
+    centers = [(box.y0 + box.y1) / 2 for box in boxes]
+    shifts = [0.0] * len(labels)  # display pixels
+    order = sorted(range(len(labels)), key=lambda i: -centers[i])  # top first; pushes keep this order
+    for _ in range(passes):
+        moved = False
+        for rank, upper in enumerate(order):
+            for lower in order[rank + 1:]:
+                a, b = boxes[upper], boxes[lower]
+                if a.x1 <= b.x0 or b.x1 <= a.x0 or labels[upper].axes is not labels[lower].axes:
+                    continue
+                gap = (centers[upper] + shifts[upper]) - (centers[lower] + shifts[lower])
+                needed = (a.height + b.height) / 2 + 1
+                if gap < needed:
+                    shifts[upper] += (needed - gap) / 2
+                    shifts[lower] -= (needed - gap) / 2
+                    moved = True
+        if not moved:
+            break
+    for label, shift in zip(labels, shifts):
+        x, y = label.xyann
+        label.xyann = (x, y + shift * 72 / figure.dpi)  # pixels to the offset's points
 
 
 COST_TABLES = ("squad", "sst2")  # the tables with recovery rows, whose start points and teachers count in the cost
@@ -240,6 +270,7 @@ def plot_cost(all_results: list, path: str):
     machines = list(dict.fromkeys(row.get("environment", {}).get("cpu", "?")
                                   for results in shown for row in results["rows"].values()))
     figure, axes = plt.subplots(1, len(shown), figsize=(8.5 * len(shown), 4.6), squeeze=False)
+    labels = []
     for axis, results in zip(axes[0], shown):
         table, rows = results["table"], results["rows"]
         label, key = METRICS[table][0]
@@ -255,8 +286,8 @@ def plot_cost(all_results: list, path: str):
                          label=method if method not in methods else None, zorder=3)
             methods.add(method)
             longest = max(longest, minutes)
-            axis.annotate(f"{name} ({100 * row['sparsity']:.0f}%)", (minutes, score),
-                          textcoords="offset points", xytext=(4, 4), fontsize=6)
+            labels.append(axis.annotate(f"{name} ({100 * row['sparsity']:.0f}%)", (minutes, score),
+                                        textcoords="offset points", xytext=(4, 0), va="center", fontsize=6))
         for index, machine in enumerate(machines):  # legend entries for the marker shapes alone
             axis.scatter([], [], color="white", edgecolor="black",
                          marker=MACHINE_MARKERS[index % len(MACHINE_MARKERS)], label=f"timed on {machine}")
@@ -268,6 +299,7 @@ def plot_cost(all_results: list, path: str):
         axis.grid(alpha=0.3)
         axis.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the points, not on them
     figure.tight_layout()
+    spread_labels(figure, labels)
     figure.savefig(path, dpi=110)
     plt.close(figure)
 

@@ -183,6 +183,33 @@ def test_every_benchmark_row_loads_its_recipe_with_its_arguments():
                 assert manager.max_epochs == row.recipe_args["num_epochs"], (table, row.name)
 
 
+def test_point_names_that_would_overlap_are_moved_apart_in_their_order():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bench.report import spread_labels
+
+    figure, axis = plt.subplots()
+    axis.set(xlim=(0, 100), ylim=(0, 100))  # a name is drawn only for a point inside the axes
+    # an INT8 row on its FP32 row, a third row 0.3 below: three names on one spot; a fourth far away stays put
+    points = [(40, 68.05, "ft_obs80_distill"), (40, 68.05, "ft_obs80_distill_int8"), (40, 67.75, "other"),
+              (40, 10.0, "far")]
+    labels = [axis.annotate(name, (x, y), textcoords="offset points", xytext=(4, 0), va="center")
+              for x, y, name in points]
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    far_before = labels[3].get_window_extent(renderer)
+    spread_labels(figure, labels)
+    figure.canvas.draw()
+    boxes = [label.get_window_extent(renderer) for label in labels]
+    for upper, lower in ((0, 1), (1, 2)):
+        assert boxes[upper].y0 >= boxes[lower].y1 - 0.5  # no overlap, the order of the scores kept
+    assert boxes[3].y0 == pytest.approx(far_before.y0)
+    plt.close(figure)
+
+
 def test_tables_plots_and_readme_are_regenerated_from_the_json(tmp_path):
     from bench.report import regenerate
 
