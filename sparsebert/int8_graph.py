@@ -15,7 +15,8 @@ departures, each undone here:
 - an embedding's output quantizer dropped (the gathered weights dequantized with the weight's scale alone);
 - a Linear turned into QLinearMatMul with its output quantized *before* its bias is added.
 
-Weights are then stored as int8 (onnxruntime's fast integer products take uint8 activations x int8 weights).
+The weights stay uint8 around a zero point of 128, as sparseml writes them: onnxruntime multiplies uint8 x uint8
+exactly on every x86-64 CPU, where uint8 x int8 saturates on CPUs without VNNI (sparsebert/integer_products.py).
 """
 
 import logging
@@ -200,30 +201,6 @@ def _bias_before_output_quantization(graph: _Graph) -> int:
     return rewritten
 
 
-def _signed_weights(graph: _Graph) -> int:
-    """uint8 MatMulInteger weights around a zero point of 128 shifted to int8 around 0 (the same values, weight minus
-    zero point): onnxruntime's VNNI products take uint8 x int8, and uint8 x uint8 a slower way (1.4x measured);
-    DeepSparse runs either alike."""
-    uses = {}
-    for node in graph.graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
-    shifted = 0
-    for node in graph.graph.node:
-        if node.op_type != "MatMulInteger" or len(node.input) < 4:
-            continue
-        weight, zero_point = node.input[1], node.input[3]
-        if (weight not in graph.initializers or zero_point not in graph.initializers or uses[weight] != 1
-                or graph.array(weight).dtype != np.uint8):
-            continue
-        graph.set_array(weight, (graph.array(weight).astype(np.int16) - 128).astype(np.int8))
-        signed_zero = f"{weight}_zero_point"  # the zero point may be shared with an activation: a copy
-        graph.set_array(signed_zero, (graph.array(zero_point).astype(np.int16) - 128).astype(np.int8))
-        node.input[3] = signed_zero
-        shifted += 1
-    return shifted
-
-
 def _drop_unused_initializers(graph: _Graph):
     """The int32 biases and scales the rewrites replaced (onnxruntime warns about each unused one on loading)."""
     used = {name for node in graph.graph.node for name in node.input}
@@ -246,7 +223,6 @@ def match_fake_quantized_model(path: str, model) -> dict:
         "integer_weights_rounded_as_trained": _exact_weights(graph, modules),
         "biases_added_in_float": _float_biases(graph, modules),
         "embedding_output_quantizers_restored": _embedding_output_quantizers(graph, modules),
-        "weights_stored_as_int8": _signed_weights(graph),
     }
     _drop_unused_initializers(graph)
     onnx.save(graph_model, path)

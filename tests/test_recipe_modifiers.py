@@ -400,39 +400,110 @@ def test_global_magnitude_and_movement_pruning_reach_their_target(tmp_path, modi
     assert 0.0 < logged[2]["sparsity"] < logged[4]["sparsity"] < 0.6  # gradual, as the schedule says
 
 
+QAT_RECIPE = """
+    modifiers:
+      - !EpochRangeModifier
+        start_epoch: 0
+        end_epoch: 1
+      - !QuantizationModifier
+        start_epoch: 0.0
+        submodules: [bert.embeddings, bert.encoder, qa_outputs]
+"""
+
+
+def onnx_outputs(model_proto, batch):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    return session.run(None, {name: batch[name].numpy() for name in names})
+
+
+def int8_rule_on_each_cpu(model_proto, model, batch, report) -> dict:
+    """isa -> whether the file, run as onnxruntime's kernel for that instruction set computes (emulated, so on any
+    CPU), passes the INT8 rule against the PyTorch model, counted from the floor the export measured."""
+    from sparsebert.integer_products import ISA_PATHS, emulate_isa
+    from sparsebert.onnx_export import compare_outputs, int8_rule
+
+    with torch.no_grad():
+        output = model.eval()(**batch)
+    expected = [output[name].numpy() for name in ("start_logits", "end_logits")]
+    floor = {"agreement": report["own_rounding_floor"]["prediction_agreement"],
+             "mean_abs_diff": report["own_rounding_floor"]["mean_abs_diff"]}
+    mask = batch["attention_mask"].numpy().astype(bool)
+    return {isa: int8_rule(compare_outputs(onnx_outputs(emulate_isa(model_proto, isa), batch), expected, mask),
+                           floor)[0] for isa in ISA_PATHS}
+
+
+def with_int8_weights(model_proto):
+    """The file as exports before 2026-12 stored it: MatMulInteger weights as int8 around 0 (the same values)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    model_proto = onnx.ModelProto.FromString(model_proto.SerializeToString())
+    initializers = {init.name: init for init in model_proto.graph.initializer}
+    for node in model_proto.graph.node:
+        if node.op_type == "MatMulInteger" and node.input[1] in initializers:
+            weight = numpy_helper.to_array(initializers[node.input[1]])
+            zero_point = numpy_helper.to_array(initializers[node.input[3]])
+            initializers[node.input[1]].CopyFrom(numpy_helper.from_array((weight - 128).astype(np.int8), node.input[1]))
+            model_proto.graph.initializer.append(numpy_helper.from_array((zero_point - 128).astype(np.int8),
+                                                                         node.input[1] + "_signed_zero"))
+            node.input[3] = node.input[1] + "_signed_zero"
+    return model_proto
+
+
 @pytest.mark.parametrize("quantize_attention, integer_matmuls", [(True, 13 + 2 * 2), (False, 13)])
 def test_quantization_aware_training_exports_integer_matmuls(tmp_path, quantize_attention, integer_matmuls):
     from sparsebert.demo import make_tokenizer
+    from sparsebert.integer_products import saturating_products
     from sparsebert.onnx_export import export_onnx, make_batch
 
-    recipe = write_recipe(tmp_path, """
-        modifiers:
-          - !EpochRangeModifier
-            start_epoch: 0
-            end_epoch: 1
-          - !QuantizationModifier
-            start_epoch: 0.0
-            submodules: [bert.embeddings, bert.encoder, qa_outputs]
-    """)
-    trainer, _, _ = train(tmp_path, recipe, quantize_attention=quantize_attention)
+    trainer, _, _ = train(tmp_path, write_recipe(tmp_path, QAT_RECIPE), quantize_attention=quantize_attention)
     tokenizer = make_tokenizer()
+    batch = make_batch(tokenizer, batch_size=64, seq_len=16, seed=99)
     report = export_onnx(trainer.model, tokenizer, str(tmp_path / "onnx"), ("start_logits", "end_logits"),
-                         verify_batch=make_batch(tokenizer, batch_size=64, seq_len=16, seed=99))
+                         verify_batch=batch)
     # 12 encoder Linear layers and the QA head; with quantized attention, its two products in each of 2 layers
     assert report["precision"] == "int8" and report["integer_ops"] == {"MatMulInteger": integer_matmuls}
-    # the Linear layers' weights as int8 (onnxruntime's fast path), their values unchanged (parity above)
-    graph = onnx.load(str(tmp_path / "onnx" / "model.onnx")).graph
-    initializers = {init.name: init.data_type for init in graph.initializer}
-    weights = [initializers[node.input[1]] for node in graph.node
-               if node.op_type == "MatMulInteger" and node.input[1] in initializers]
-    assert weights and set(weights) == {onnx.TensorProto.INT8}
     assert report["parity_ok"], report
+    # every product uint8 x uint8: exact on every x86 CPU, with or without VNNI, as each one's kernel computes it
+    exported = onnx.load(str(tmp_path / "onnx" / "model.onnx"))
+    initializers = {init.name: init.data_type for init in exported.graph.initializer}
+    weights = [initializers[node.input[1]] for node in exported.graph.node
+               if node.op_type == "MatMulInteger" and node.input[1] in initializers]
+    assert weights and set(weights) == {onnx.TensorProto.UINT8}
+    assert saturating_products(exported) == [] and report["saturating_products_without_vnni"] == []
+    assert int8_rule_on_each_cpu(exported, trainer.model, batch, report) == {"avx2": True, "vnni": True}
     # the integer graph computes what the fake-quantized model computes, up to float rounding: sparseml's conversion
     # as it comes differs by 0.3-0.5% of the largest logit on average here (a few weights rounded the other way,
     # biases rounded to int32, the embeddings' output quantizers dropped), after our rewrites by 0.01-0.04%
     assert report["mean_abs_diff"] <= 1e-3 * report["largest_abs_output"], report
     rewrites = report["int8_graph_rewrites"]
     assert rewrites["biases_added_in_float"] == 13 and rewrites["embedding_output_quantizers_restored"] == 3
+
+
+def test_int8_weights_are_caught_on_any_cpu_as_wrong_without_vnni(tmp_path):
+    # the layout exports had before: right with VNNI, wrong on AVX2 alone (97% of the answers kept here); the checks
+    # see it whatever CPU runs them, and the emulated kernels agree on the values the two layouts share
+    from sparsebert.demo import make_tokenizer
+    from sparsebert.integer_products import emulate_isa, saturating_products
+    from sparsebert.onnx_export import export_onnx, make_batch
+
+    trainer, _, _ = train(tmp_path, write_recipe(tmp_path, QAT_RECIPE))
+    tokenizer = make_tokenizer()
+    batch = make_batch(tokenizer, batch_size=64, seq_len=16, seed=99)
+    report = export_onnx(trainer.model, tokenizer, str(tmp_path / "onnx"), ("start_logits", "end_logits"),
+                         verify_batch=batch)
+    exported = onnx.load(str(tmp_path / "onnx" / "model.onnx"))
+    signed = with_int8_weights(exported)
+    assert len(saturating_products(signed)) == 13  # the Linear layers; attention's products are uint8 x uint8
+    assert int8_rule_on_each_cpu(signed, trainer.model, batch, report) == {"avx2": False, "vnni": True}
+    exact = onnx_outputs(exported, batch)
+    for values, same in zip(onnx_outputs(emulate_isa(signed, "vnni"), batch), exact):
+        assert abs(values - same).max() < 1e-6  # the two layouts hold the same numbers
+    saturated = onnx_outputs(emulate_isa(signed, "avx2"), batch)
+    assert max(abs(values - same).max() for values, same in zip(saturated, exact)) > 1e-2
 
 
 def test_the_sparsity_report_covers_what_sparseml_prunes_weighted_by_size(tmp_path):
