@@ -165,6 +165,7 @@ def runners_for(path, inputs, use_deepsparse, copy_dir):
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = os.cpu_count()
     session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    inputs = {item.name: inputs[item.name] for item in session.get_inputs()}  # those the file takes
     runners = {"onnxruntime": lambda: session.run(None, inputs)}
     if use_deepsparse:
         from deepsparse import compile_model

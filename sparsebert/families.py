@@ -6,6 +6,8 @@ What they share is what the shipped recipes rely on: six weight matrices per lay
 under its own names (BERT and RoBERTa `attention.self.query`, DistilBERT `attention.q_lin`, ...).
 """
 
+import inspect
+
 import torch
 
 from sparsebert.errors import UsageError
@@ -35,6 +37,12 @@ def encoder_layers(model) -> torch.nn.ModuleList:
     return layer_list_owner(model).layer
 
 
-def input_names(tokenizer) -> list[str]:
-    """The model inputs this tokenizer produces (no token_type_ids for RoBERTa and DistilBERT), in file order."""
-    return [name for name in MODEL_INPUTS if name in tokenizer.model_input_names]
+def input_names(tokenizer, model=None) -> list[str]:
+    """The model inputs this tokenizer produces (no token_type_ids for RoBERTa's and DistilBERT's), in file order;
+    with a model, only those its forward names: a DistilBERT saved with a BERT tokenizer gets token_type_ids from
+    it and ignores them, so its exported file has no such input."""
+    names = [name for name in MODEL_INPUTS if name in tokenizer.model_input_names]
+    if model is not None:
+        accepted = inspect.signature(model.forward).parameters
+        names = [name for name in names if name in accepted]
+    return names

@@ -107,7 +107,7 @@ def _export_and_verify(model, tokenizer, export_dir: str, output_names, verify_b
 
     os.makedirs(export_dir, exist_ok=True)
     # eval(): a new Module starts in train mode, and the exporter restores that mode (dropout on) afterwards
-    names = input_names(tokenizer)
+    names = input_names(tokenizer, model)
     wrapped = _LogitsOnly(model, names, list(output_names)).eval()
     # a padded row makes the tracer keep the attention-mask path (an all-ones mask can be optimized away)
     sample = make_batch(tokenizer, batch_size=2, seq_len=8)

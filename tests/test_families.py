@@ -122,3 +122,22 @@ def test_an_unsupported_model_type_is_refused_by_name(squad_files, tmp_path):
                                          r"\(supported: bert, roberta, distilbert"):
         run_qa.main(qa_args(str(folder), squad_files, tmp_path / "out", "--do_train"))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_distilbert_saved_with_a_bert_tokenizer_exports_the_inputs_it_takes(tmp_path):
+    # a pairing often seen on the Hub: the tokenizer gives token_type_ids, which DistilBERT ignores; the file takes
+    # the inputs both have, and its check (fed a batch with token_type_ids, as a run's data has) passes
+    import onnx
+    import torch
+
+    from sparsebert.onnx_export import export_onnx, make_batch
+
+    tokenizer = make_tokenizer()
+    assert "token_type_ids" in tokenizer.model_input_names
+    torch.manual_seed(0)
+    model = DistilBertForQuestionAnswering(DistilBertConfig(vocab_size=len(tokenizer), dim=32, n_layers=2, n_heads=4,
+                                                            hidden_dim=64, max_position_embeddings=128))
+    batch = make_batch(tokenizer, batch_size=4, seq_len=24, seed=5)
+    report = export_onnx(model, tokenizer, str(tmp_path), ("start_logits", "end_logits"), verify_batch=batch)
+    assert report["parity_ok"] and report["max_abs_diff"] < 1e-4
+    assert [i.name for i in onnx.load(str(tmp_path / "model.onnx")).graph.input] == ["input_ids", "attention_mask"]
