@@ -124,6 +124,9 @@ class SparseTrainingArguments(TrainingArguments):
     data-parallel run (use_cpu, gloo): by default each trained alone, its own copy of the model."""
 
     def __post_init__(self):
+        for flag in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, flag) < 1:
+                raise UsageError(f"--{flag} {getattr(self, flag)}: must be at least 1")
         for flag, value in (("--fsdp", self.fsdp), ("--deepspeed", self.deepspeed)):
             if value:
                 raise UsageError(f"{flag} is not supported: sharded training splits each weight across processes and "
@@ -179,12 +182,6 @@ def parse_args(dataclass_types, argv=None):
     return parsed
 
 
-def flag_given(args, name: str) -> bool:
-    """Whether the user set --name (True when unknown: arguments built in code rather than parsed)."""
-    given = getattr(args, "given_flags", None)
-    return given is None or name in given
-
-
 def setup_logging(training_args: TrainingArguments):
     """Our progress at INFO on the main process; the libraries at their usual WARNING unless --log_level says."""
     logging.basicConfig(
@@ -222,8 +219,18 @@ def check_output_dir(training_args: TrainingArguments, sparse_args: Sparsificati
 
 
 def _check_writable(path: str, flag: str):
-    existing = os.path.abspath(path)
+    existing, missing = os.path.abspath(path), []
     while not os.path.exists(existing):
+        missing.append(existing)
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"{flag} {path}: cannot write there ({existing} is not a writable folder)")
+    if missing:  # the permission bits say yes to root where the kernel says no (/proc, a read-only mount): try it
+        try:
+            os.makedirs(missing[0])
+        except OSError as err:
+            raise UsageError(f"{flag} {path}: cannot create it ({err.strerror})") from err
+        finally:
+            for folder in missing:  # what this check made, deepest first: nothing is left behind
+                if os.path.isdir(folder):
+                    os.rmdir(folder)

@@ -137,6 +137,11 @@ def load_tokenizer_and_config(model_args, **config_kwargs):
     if not tokenizer.is_fast:
         raise UsageError(f"--model_name_or_path {model_args.model_name_or_path}: needs a fast tokenizer "
                          f"(tokenizer.json), which the data preparation relies on for offsets")
+    vocab_size = getattr(config, "vocab_size", None)
+    if vocab_size is not None and len(tokenizer) > vocab_size:  # ids past the embedding: an IndexError mid-run
+        flag = "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path"
+        raise UsageError(f"{flag} {tokenizer_name}: its tokenizer has {len(tokenizer):,} tokens, more than the "
+                         f"{vocab_size:,} of the model's embedding (vocab_size): they do not belong together")
     return tokenizer, config
 
 

@@ -3,6 +3,7 @@ them), refusing modifiers we cannot run, checking them against a model, deciding
 the recipe used next to the model."""
 
 import ast
+import dataclasses
 import json
 import logging
 import math
@@ -16,7 +17,6 @@ from sparseml.pytorch.utils import LoggerManager, PythonLogger
 from sparseml.pytorch.utils.helpers import any_str_or_regex_matches_param_name
 from sparseml.utils.restricted_eval import UnknownVariableException
 
-from sparsebert.cli import flag_given
 from sparsebert.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -67,6 +67,12 @@ def load_recipe(path: str, variables: dict | None = None) -> ScheduledModifierMa
         raise UsageError(f"{FLAG} {path}: not valid YAML ({where}{problem})") from err
     except UnknownVariableException as err:
         raise UsageError(f"{FLAG} {path}: {err} (define it at the top of the recipe or pass --recipe_args)") from err
+    except (RuntimeError, AttributeError) as err:  # sparseml's restricted eval meets what it does not evaluate
+        culprit = _unevaluable_expression(path)
+        if culprit is None:
+            raise
+        raise UsageError(f"{FLAG} {path}: {culprit} is not an expression sparseml evaluates (it takes numbers, "
+                         f"variables, + - * / // % ** and abs, float, int, min, max, round)") from err
     except (TypeError, ValueError) as err:
         # sparseml rejects a setting with a ValueError, or a TypeError naming the argument or the type it must
         # be; any other TypeError is sparseml itself failing, a bug to show as one, not the user's recipe
@@ -85,6 +91,35 @@ def load_recipe(path: str, variables: dict | None = None) -> ScheduledModifierMa
             raise UsageError(f"{FLAG} {path}: !LayerPruningModifier with end_epoch {modifier.end_epoch:g} would put "
                              f"the layers back; only end_epoch -1 (removed for good) is supported")
     return manager
+
+
+class _AnyVariable(dict):
+    """Every name is a variable worth 1: to try an expression's form without its values."""
+
+    def __contains__(self, name):
+        return True
+
+    def __getitem__(self, name):
+        return 1.0
+
+
+def _unevaluable_expression(path: str) -> str | None:
+    """'name: eval(expression)' for the first of the recipe's eval(...) values that sparseml's restricted
+    evaluator cannot take (a function call it does not know, `or`, an attribute), or None."""
+    from sparseml.utils.restricted_eval import restricted_eval
+
+    with open(path) as handle:
+        for line in handle:
+            match = re.match(r"\s*-?\s*([\w.]+)\s*:\s*eval\((.*)\)\s*$", line.split(" #", 1)[0])
+            if not match:
+                continue
+            try:
+                restricted_eval(match.group(2), _AnyVariable())
+            except (RuntimeError, AttributeError, SyntaxError):
+                return f"{match.group(1)}: eval({match.group(2)})"
+            except Exception:  # a value error of the sample values (1 / (x - 1)): the form itself is fine
+                continue
+    return None
 
 
 def check_epoch_range(manager: ScheduledModifierManager, path: str, variables: dict | None = None):
@@ -199,7 +234,7 @@ def schedule_epochs(manager: ScheduledModifierManager) -> float | None:
 
 def apply_recipe_epochs(manager: ScheduledModifierManager, training_args, recipe_path: str):
     """Let the recipe set the training length: a schedule cut short or run past would not mean what the recipe
-    says. --max_steps, when given, still wins (and the trainer refuses it if it stops before the schedule ends)."""
+    says. --max_steps, when given, still wins (the trainer warns that the recipe is cut short)."""
     epochs = schedule_epochs(manager)
     if epochs is None:
         return
@@ -208,13 +243,21 @@ def apply_recipe_epochs(manager: ScheduledModifierManager, training_args, recipe
                        f"{recipe_path} spans {epochs:g} epochs")
         return
     if epochs != training_args.num_train_epochs:
-        if flag_given(training_args, "num_train_epochs"):
+        given = getattr(training_args, "given_flags", None)  # parsed from a command line, or built in code
+        if given is not None and "num_train_epochs" in given:
             logger.warning(f"Training for {epochs:g} epochs as the recipe {recipe_path} sets (its last end_epoch), "
                            f"not --num_train_epochs {training_args.num_train_epochs:g}: the recipe wins so that "
                            f"its schedule completes as written")
+        elif given is None and training_args.num_train_epochs != _default_epochs(training_args):
+            logger.warning(f"Training for {epochs:g} epochs as the recipe {recipe_path} sets (its last end_epoch), "
+                           f"not the num_train_epochs={training_args.num_train_epochs:g} of the TrainingArguments")
         else:
             logger.info(f"Training for {epochs:g} epochs, as the recipe {recipe_path} sets (its last end_epoch)")
         training_args.num_train_epochs = epochs
+
+
+def _default_epochs(training_args) -> float:
+    return next(f.default for f in dataclasses.fields(training_args) if f.name == "num_train_epochs")
 
 
 def save_recipe(manager: ScheduledModifierManager, recipe_path: str, variables: dict, output_dir: str):

@@ -102,12 +102,12 @@ class SparseMLTrainer(Trainer):
         if self.recipe is None:
             return values
         epochs = schedule_epochs(self.recipe)
+        if epochs is not None and epochs * self.steps_per_epoch > max_steps + 1e-6:  # a smoke test's --max_steps
+            logger.warning(f"The recipe {self.recipe_path} is cut short: it runs to epoch {epochs:g} "
+                           f"({round(epochs * self.steps_per_epoch)} optimizer steps at {self.steps_per_epoch} per "
+                           f"epoch) but training stops after {max_steps} (--max_steps), at epoch "
+                           f"{max_steps / self.steps_per_epoch:.3g}: what it schedules after that does not happen")
         try:
-            if epochs is not None and epochs * self.steps_per_epoch > max_steps + 1e-6:
-                raise UsageError(
-                    f"--nm_prune_config {self.recipe_path}: the recipe runs to epoch {epochs:g} "
-                    f"({round(epochs * self.steps_per_epoch)} optimizer steps at {self.steps_per_epoch} per epoch) "
-                    f"but training stops after {max_steps} (--max_steps): its schedule would not finish")
             check_cyclic_learning_rates(self.recipe, self.steps_per_epoch, max_steps / self.steps_per_epoch,
                                         self.recipe_path)
         except UsageError:

@@ -1,5 +1,6 @@
 """Bad input: one line naming the culprit, before training, nothing written or overwritten."""
 
+import json
 import os
 import subprocess
 import sys
@@ -54,8 +55,16 @@ CASES = {
     "doc_stride too large": (["--doc_stride", "60"], r"--doc_stride 60 is too large for --max_seq_length 64"),
     "max_seq_length above positions": (["--max_seq_length", "256"],
                                        r"--max_seq_length 256 is more than the model's 128 position embeddings"),
-    "recipe longer than --max_steps": (["--nm_prune_config", GMP, "--max_steps", "3"],
-                                       r"the recipe runs to epoch 2 .* training stops after 3 \(--max_steps\)"),
+    "batch size 0": (["--per_device_train_batch_size", "0"], r"^--per_device_train_batch_size 0: must be at least 1$"),
+    "tokenizer larger than the model's embedding": (["--tokenizer_name", "@big_tokenizer"],
+                                                    r"--tokenizer_name .*big-tokenizer: its tokenizer has 142 tokens, "
+                                                    r"more than the 92 of the model's embedding \(vocab_size\)"),
+    "recipe variable sparseml cannot evaluate": (["--nm_prune_config", "@or_variable"],
+                                                 r"or.yaml: pruning_end: eval\(num_epochs or 3\) is not an expression "
+                                                 r"sparseml evaluates"),
+    "recipe variable with an attribute": (["--nm_prune_config", "@attribute_variable"],
+                                          r"attribute.yaml: pruning_end: eval\(math.floor\(num_epochs\)\) is not an "
+                                          r"expression sparseml evaluates"),
     "unknown flag": (["--nm_prune_confg", GMP], r"unknown argument\(s\): \['--nm_prune_confg'"),
     "empty training set": (["--max_train_samples", "0"], r"the training set is empty"),
     "all answers misaligned": (["--train_file", "@misaligned"], r"the training set is empty"),
@@ -85,13 +94,22 @@ CASES = {
 
 @pytest.fixture
 def bad_files(tmp_path, qa_model_dir):
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel, AutoTokenizer, BertTokenizerFast
+
+    from sparsebert.demo import vocabulary
 
     base = str(tmp_path / "base")  # the encoder alone, as a pretrained checkpoint is: no QA head
     AutoModel.from_pretrained(qa_model_dir).save_pretrained(base)
     AutoTokenizer.from_pretrained(qa_model_dir).save_pretrained(base)
+    big_tokenizer = str(tmp_path / "big-tokenizer")  # 50 tokens more than the model was built for
+    BertTokenizerFast(vocab={t: i for i, t in enumerate(vocabulary() + [f"extra{i}" for i in range(50)])}).save_pretrained(
+        big_tokenizer)
+    variable = "num_epochs: 2\npruning_end: {}\nmodifiers:\n  - !EpochRangeModifier\n    end_epoch: eval(num_epochs)\n"
     return {
         "base_model": base,
+        "big_tokenizer": big_tokenizer,
+        "or_variable": _write(tmp_path, "or.yaml", variable.format("eval(num_epochs or 3)")),
+        "attribute_variable": _write(tmp_path, "attribute.yaml", variable.format("eval(math.floor(num_epochs))")),
         "bad_yaml": _write(tmp_path, "bad.yaml", "modifiers:\n  - !EpochRangeModifier\n    end_epoch: [1\n"),
         "unknown_modifier": _write(tmp_path, "unknown.yaml", "modifiers:\n  - !MagicPruningModifier\n    x: 1\n"),
         "roberta_params": _write(tmp_path, "roberta.yaml", open(GMP).read().replace("re:.*layer", "re:roberta.encoder.layer")),
@@ -174,6 +192,21 @@ def test_unwritable_output_dir_and_file_as_onnx_path(qa_model_dir, squad_files, 
                             "--onnx_export_path", str(a_file)),
                     r"--onnx_export_path .*a_file is an existing file", tmp_path)
     assert a_file.read_text() == "keep me"
+    # root may write anywhere by the permission bits, but not below /proc: the folder is tried, and not left
+    _expect_refusal(qa_args(qa_model_dir, squad_files, "/proc/sparsebert-out/run", "--do_train"),
+                    r"^--output_dir /proc/sparsebert-out/run: cannot create it \(", tmp_path)
+    assert not os.path.exists("/proc/sparsebert-out")
+
+
+def test_max_steps_cuts_the_recipe_short_with_a_warning(qa_model_dir, squad_files, tmp_path, caplog):
+    # the usual smoke test: one step of a 2-epoch recipe runs, and the log says the schedule stops there
+    output_dir = tmp_path / "out"
+    run_qa.main(qa_args(qa_model_dir, squad_files, output_dir, "--do_train", "--nm_prune_config", GMP,
+                        "--max_steps", "1"))
+    assert json.load(open(output_dir / "trainer_state.json"))["global_step"] == 1
+    assert (output_dir / "model.safetensors").is_file()
+    assert any("80sparsity2epoch.yaml is cut short: it runs to epoch 2" in r.getMessage()
+               and "training stops after 1 (--max_steps)" in r.getMessage() for r in caplog.records)
 
 
 def test_command_line_gets_one_line_and_exit_status_2(qa_model_dir, squad_files, tmp_path):

@@ -141,6 +141,23 @@ def test_a_short_run_shows_its_schedule_and_only_the_flags_given(qa_model_dir, s
     assert [h["step"] for h in state["log_history"] if "sparsity" in h] == list(range(4, state["global_step"] + 1, 4))
 
 
+def test_the_epochs_message_of_arguments_built_in_code_names_only_what_was_set(tmp_path, caplog):
+    # an own script's TrainingArguments have no command line: no flag is named, a value set in code is
+    from transformers import TrainingArguments
+
+    from sparsebert.recipe import apply_recipe_epochs, load_recipe
+
+    recipe = os.path.join(RECIPES, "80sparsity2epoch.yaml")
+    for epochs, expected in ((None, "Training for 2 epochs, as the recipe"),
+                             (5.0, "not the num_train_epochs=5 of the TrainingArguments")):
+        caplog.clear()
+        args = TrainingArguments(output_dir=str(tmp_path), **({"num_train_epochs": epochs} if epochs else {}))
+        with caplog.at_level(logging.INFO):
+            apply_recipe_epochs(load_recipe(recipe), args, recipe)
+        assert expected in caplog.text and "--num_train_epochs" not in caplog.text
+        assert args.num_train_epochs == 2
+
+
 def test_do_predict_answers_unlabeled_questions(trained, squad_files, tmp_path):
     """Questions without answers (--test_file) get the answers evaluation gives the same questions."""
     rows = [json.loads(line) for line in open(squad_files["dev_jsonl"])]
