@@ -8,11 +8,11 @@ own Pipeline at each folder, and compare its answers on real dev examples with o
 A folder is a path, or a row of the benchmark's work folder (bench/run.py --work_dir: `sst2/dense`). Each folder
 needs what training with --do_onnx_export leaves there: the model (for the PyTorch side), model.onnx,
 config and tokenizer. It passes when at least 99% of the answers agree (QA: the same answer text; SST-2: the same
-label). An INT8 model may be more sensitive than that to float rounding alone: its PyTorch answers are then also
+label). The pipeline's sequence length is cut to the model's position embeddings where they are fewer. An INT8 model may be more sensitive than that to float rounding alone: its PyTorch answers are then also
 taken with every quantizer's input nudged by one float32 rounding step (sparsebert.quantization.nudge_rounding),
-and the engine may change at most 1 point more of the answers than that nudge does. Results:
-bench/results/deploy_check.json and .md, one row per folder, FP32 or INT8 as its export says; a folder checked
-again replaces its row, the others' rows stay.
+and the engine may change at most 1 point more of the answers than that nudge does. Results: for the
+benchmark's rows, bench/results/deploy_check.json and .md, one row per folder, FP32 or INT8 as its export says (a
+folder checked again replaces its row, the others' rows stay); for a folder of one's own, deploy_check.json in it.
 """
 
 import argparse
@@ -80,7 +80,7 @@ def deepsparse_predictions(python, task, folder, examples, settings, work) -> di
         return json.load(handle)
 
 
-def pytorch_qa_predictions(folder, examples, work, nudged=False) -> dict:
+def pytorch_qa_predictions(folder, examples, work, settings, nudged=False) -> dict:
     """Our own evaluation of the folder's model (run_qa.py, its post-processing) on the same questions; nudged: the
     model nudged by float32 rounding (nudged_run_qa)."""
     data = os.path.join(work, "dev.jsonl")
@@ -88,8 +88,8 @@ def pytorch_qa_predictions(folder, examples, work, nudged=False) -> dict:
         handle.writelines(json.dumps(example) + "\n" for example in examples)
     output_dir = os.path.join(work, "pytorch-nudged" if nudged else "pytorch")
     argv = ["--model_name_or_path", folder, "--validation_file", data, "--do_eval", "--output_dir", output_dir,
-            "--report_to", "none", "--max_seq_length", str(QA_SETTINGS["sequence_length"]), "--doc_stride",
-            str(QA_SETTINGS["doc_stride"]), "--per_device_eval_batch_size", "32", "--disable_tqdm", "true"]
+            "--report_to", "none", "--max_seq_length", str(settings["sequence_length"]), "--doc_stride",
+            str(settings["doc_stride"]), "--per_device_eval_batch_size", "32", "--disable_tqdm", "true"]
     run = ["-c", "import sys; from bench.deploy_check import nudged_run_qa; nudged_run_qa(sys.argv[1:])"] if nudged \
         else [os.path.join(REPO, "run_qa.py")]
     subprocess.run([sys.executable, *run, *argv], check=True, stdout=subprocess.DEVNULL, cwd=REPO)
@@ -146,17 +146,32 @@ def same_share(answers: dict, reference: dict) -> float:
     return sum(same_answer(answers[k], reference[k]) for k in reference) / len(reference)
 
 
-def check_folder(python, task, folder, label, examples) -> dict:
+def fitted_settings(task: str, folder: str) -> dict:
+    """The pipeline settings, the sequence length cut to the model's position embeddings (a small model has 128)
+    and the QA window overlap to half of it where it would not fit."""
     settings = dict(QA_SETTINGS) if task == "qa" else dict(SST2_SETTINGS)
+    with open(os.path.join(folder, "config.json")) as handle:
+        positions = json.load(handle).get("max_position_embeddings")
+    if positions and settings["sequence_length"] > positions:
+        print(f"[deploy] {folder}: sequence length {positions}, the model's position embeddings (not "
+              f"{settings['sequence_length']})", flush=True)
+        settings["sequence_length"] = positions
+    if task == "qa" and settings["doc_stride"] >= settings["sequence_length"] - settings["max_question_length"]:
+        settings["doc_stride"] = settings["sequence_length"] // 4
+    return settings
+
+
+def check_folder(python, task, folder, label, examples) -> dict:
+    settings = fitted_settings(task, folder)
     with open(os.path.join(folder, "onnx_parity.json")) as handle:
         precision = json.load(handle).get("precision", "fp32")
     nudged = None
     with tempfile.TemporaryDirectory() as work:
         if task == "qa":
             theirs = deepsparse_predictions(python, "question-answering", folder, examples, settings, work)
-            ours = pytorch_qa_predictions(folder, examples, work)
+            ours = pytorch_qa_predictions(folder, examples, work, settings)
             if precision == "int8":
-                nudged = pytorch_qa_predictions(folder, examples, work, nudged=True)
+                nudged = pytorch_qa_predictions(folder, examples, work, settings, nudged=True)
         else:
             theirs = deepsparse_predictions(python, "text-classification", folder, examples, settings, work)
             ours = pytorch_sst2_predictions(folder, examples)
@@ -178,8 +193,9 @@ def check_folder(python, task, folder, label, examples) -> dict:
     return row
 
 
-def resolve_folder(folder: str, work_dir: str) -> tuple[str, str]:
-    """(the folder's path, its name in the results): a benchmark row by its name in the work folder, or a path."""
+def resolve_folder(folder: str, work_dir: str) -> tuple[str, str | None]:
+    """(the folder's path, its row name in the benchmark's results, or None for a folder of one's own): a benchmark
+    row by its name in the work folder, or a path."""
     in_work = os.path.join(work_dir, folder)
     if not os.path.isdir(folder) and os.path.isdir(in_work):
         return os.path.abspath(in_work), folder
@@ -187,7 +203,7 @@ def resolve_folder(folder: str, work_dir: str) -> tuple[str, str]:
     if not os.path.isdir(path):
         raise SystemExit(f"deploy_check.py: {folder} is neither a folder nor a row of {work_dir}")
     inside = os.path.commonpath([path, os.path.abspath(work_dir)]) == os.path.abspath(work_dir)
-    return path, os.path.relpath(path, work_dir if inside else REPO)
+    return path, os.path.relpath(path, work_dir) if inside else None
 
 
 def previous_rows(path: str) -> list[dict]:
@@ -222,31 +238,38 @@ def main():
     parser.add_argument("--doc_stride", type=int, default=QA_SETTINGS["doc_stride"], help="QA window overlap")
     parser.add_argument("--work_dir", default=default_work_dir(), help="the benchmark's work folder (bench/run.py)")
     parser.add_argument("--deploy_env", default=os.path.join(REPO, ".venv-deploy"))
-    parser.add_argument("--results", default=os.path.join(BENCH, "results", "deploy_check"))
+    parser.add_argument("--results", default=os.path.join(BENCH, "results", "deploy_check"),
+                        help="where the benchmark rows' results go (a folder of one's own gets deploy_check.json in it)")
     args = parser.parse_args()
 
     QA_SETTINGS.update(sequence_length=args.max_seq_length, doc_stride=args.doc_stride)
     python = deploy_python(args.deploy_env)
-    checked = []
+    benchmark_rows, passed = [], True
     for task, folders, examples in (("qa", args.qa, squad_examples), ("sst2", args.sst2, sst2_examples)):
         for folder in folders:
             count = EXAMPLES[task] if args.examples is None else args.examples
-            path, label = resolve_folder(folder, args.work_dir)
-            checked.append(check_folder(python, task, path, label, examples(args.data_dir, count)))
-            row = checked[-1]
+            path, row_name = resolve_folder(folder, args.work_dir)
+            row = check_folder(python, task, path, row_name or folder, examples(args.data_dir, count))
+            passed = passed and row["passes"]
             print(f"[deploy] {folder}: {100 * row['agreement']:.1f}% the same answer ({100 * row['needed']:.1f}% "
                   f"needed): {'passes' if row['passes'] else 'FAILS'}", flush=True)
-    # folders checked in earlier runs (another session, another model) keep their rows unless checked again
-    names = {row["folder"] for row in checked}
-    rows = [row for row in previous_rows(f"{args.results}.json") if row["folder"] not in names] + checked
-    results = {"folders": rows, "rule": f"same answer text (QA) or label (SST-2) for >= {AGREEMENT:.0%}; INT8: at "
-                                        f"most {1 - AGREEMENT:.0%} fewer than PyTorch against itself nudged by "
-                                        f"float32 rounding"}
-    write_json(f"{args.results}.json", results)
-    with open(f"{args.results}.md", "w") as handle:
-        handle.write(markdown(results) + "\n")
-    print(markdown(results))
-    sys.exit(0 if all(row["passes"] for row in checked) else 1)
+            if row_name is None:  # one's own folder: its result beside its model, not in the benchmark's table
+                write_json(os.path.join(path, "deploy_check.json"), row)
+                print(f"[deploy] written to {os.path.join(path, 'deploy_check.json')}", flush=True)
+            else:
+                benchmark_rows.append(row)
+    if benchmark_rows:
+        # rows checked in earlier runs (another session, another model) stay unless checked again
+        names = {row["folder"] for row in benchmark_rows}
+        rows = [row for row in previous_rows(f"{args.results}.json") if row["folder"] not in names] + benchmark_rows
+        results = {"folders": rows, "rule": f"same answer text (QA) or label (SST-2) for >= {AGREEMENT:.0%}; INT8: "
+                                            f"at most {1 - AGREEMENT:.0%} fewer than PyTorch against itself nudged "
+                                            f"by float32 rounding"}
+        write_json(f"{args.results}.json", results)
+        with open(f"{args.results}.md", "w") as handle:
+            handle.write(markdown(results) + "\n")
+        print(markdown(results))
+    sys.exit(0 if passed else 1)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from sparsebert.errors import UsageError
-from sparsebert.recipe import quiet_sparseml_loggers
+from sparsebert.recipe import load_recipe, quiet_sparseml_loggers
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def saved_quantization_recipe(folder: str) -> ScheduledModifierManager | None:
     with safe_open(weights, framework="pt") as handle:
         if not any(key.endswith("weight_fake_quant.scale") for key in handle.keys()):
             return None
-    manager = ScheduledModifierManager.from_yaml(recipe)
+    manager = load_recipe(recipe)
     return manager if quantization_modifiers(manager) else None
 
 

@@ -82,11 +82,8 @@ def load_recipe(path: str, variables: dict | None = None) -> ScheduledModifierMa
     if not manager.modifiers:
         raise UsageError(f"{FLAG} {path}: holds no modifiers")
     check_epoch_range(manager, path, variables)
+    manager = _scheme_quantization_as_classic(manager, path)
     for modifier in _modifiers(manager):
-        if type(modifier).__name__ == "QuantizationModifier" and "legacy" not in type(modifier).__module__:
-            raise UsageError(f"{FLAG} {path}: this !QuantizationModifier is sparseml 1.8's scheme-based one (chosen "
-                             f"when none of the classic one's settings is given), which fails with torch 2's QConfig; "
-                             f"give `submodules: [...]` or `weight_bits: 8` to get the classic one, which runs")
         if type(modifier).__name__ == "LayerPruningModifier" and modifier.end_epoch != -1:
             raise UsageError(f"{FLAG} {path}: !LayerPruningModifier with end_epoch {modifier.end_epoch:g} would put "
                              f"the layers back; only end_epoch -1 (removed for good) is supported")
@@ -120,6 +117,25 @@ def _unevaluable_expression(path: str) -> str | None:
             except Exception:  # a value error of the sample values (1 / (x - 1)): the form itself is fine
                 continue
     return None
+
+
+def _scheme_quantization_as_classic(manager: ScheduledModifierManager, path: str) -> ScheduledModifierManager:
+    """The manager with each scheme-based !QuantizationModifier replaced by the classic one of the same meaning
+    (sparsebert/scheme_quantization.py): the scheme-based one fails on torch 2."""
+    from sparsebert.scheme_quantization import classic_equivalent, is_scheme_based
+
+    if not any(is_scheme_based(m) for m in _modifiers(manager)):
+        return manager
+
+    def replaced(modifiers):
+        return [classic_equivalent(m, f"{FLAG} {path}") if is_scheme_based(m) else m for m in modifiers]
+
+    stages = manager.modifiers
+    modifiers = {name: replaced(each) for name, each in stages.items()} if isinstance(stages, dict) \
+        else replaced(stages)
+    logger.info(f"{path}: its scheme-based !QuantizationModifier runs as sparseml's classic one, with the same "
+                f"modules, bits and symmetry (the scheme-based one fails on torch 2)")
+    return ScheduledModifierManager(modifiers, metadata=manager.metadata)
 
 
 def check_epoch_range(manager: ScheduledModifierManager, path: str, variables: dict | None = None):

@@ -203,22 +203,6 @@ def test_recipe_distillation_and_cli_distillation_are_never_both_applied(tmp_pat
     assert all(h["loss"] != pytest.approx(h["student_loss"], rel=1e-3) for h in logged[1:])  # the teacher counts
 
 
-def test_the_scheme_based_quantization_modifier_is_refused(tmp_path):
-    # sparseml 1.8 picks its scheme-based QuantizationModifier when none of the classic one's settings is given;
-    # that one fails on torch 2 (it sets an attribute on torch's QConfig tuple), so it is refused before training
-    recipe = write_recipe(tmp_path, """
-        modifiers:
-          - !EpochRangeModifier
-            start_epoch: 0
-            end_epoch: 1
-          - !QuantizationModifier
-            start_epoch: 0.0
-    """)
-    with pytest.raises(UsageError, match=r"this !QuantizationModifier is sparseml 1.8's scheme-based one .* give "
-                                         r"`submodules: \[...\]` or `weight_bits: 8`"):
-        load_recipe(recipe)
-
-
 def test_unsupported_modifier_is_refused_by_name(tmp_path):
     recipe = write_recipe(tmp_path, """
         modifiers:
@@ -583,3 +567,89 @@ def test_last_update_epoch_is_where_sparseml_last_updated(schedule, steps_per_ep
             updated = wrapper.wrapped_epoch
         wrapper.step()
     assert updated is not None
+
+
+SCHEME_BASED = """
+    modifiers:
+      - !QuantizationModifier
+        start_epoch: 0.0
+        disable_quantization_observer_epoch: 0.5
+        freeze_bn_stats_epoch: 0.5
+        ignore: [LayerNorm, Tanh]
+        scheme_overrides:
+          Embedding:
+            input_activations: null
+            weights: {num_bits: 8, symmetric: false}
+"""
+CLASSIC_OF_THE_SAME_MEANING = """
+    modifiers:
+      - !QuantizationModifier
+        start_epoch: 0.0
+        disable_quantization_observer_epoch: 0.5
+        freeze_bn_stats_epoch: 0.5
+        weight_bits: 8
+        activation_bits: 8
+        quantize_linear_activations: False
+        quantize_embedding_activations: False
+        exclude_module_types: [LayerNorm, Tanh]
+"""
+
+
+def quantized_one_shot_export(tmp_path, recipe_text, name):
+    """A tiny QA model given the recipe's quantized structure, its ranges calibrated on fixed batches, exported."""
+    from sparsebert.demo import make_tokenizer
+    from sparsebert.onnx_export import export_onnx, make_batch
+    from sparsebert.quantization import freeze_observers, quantization_modifiers
+    from sparsebert.recipe import quiet_sparseml_loggers
+
+    torch.manual_seed(0)
+    model = make_bert(hidden_size=32).eval()
+    for modifier in quantization_modifiers(load_recipe(write_recipe(tmp_path, recipe_text, f"{name}.yaml"))):
+        modifier.apply_structure(model, epoch=math.inf, loggers=quiet_sparseml_loggers())
+    model.apply(torch.ao.quantization.enable_observer)
+    tokenizer = make_tokenizer()
+    with torch.no_grad():
+        for seed in range(3):
+            model(**make_batch(tokenizer, batch_size=8, seq_len=16, seed=seed))
+    freeze_observers(model)
+    report = export_onnx(model, tokenizer, str(tmp_path / name), ("start_logits", "end_logits"))
+    return report, onnx.load(str(tmp_path / name / "model.onnx")).graph
+
+
+def test_scheme_based_quantization_runs_as_the_classic_modifier_of_the_same_meaning(tmp_path):
+    from onnx import numpy_helper
+
+    from sparseml.pytorch.sparsification.quantization.modifier_quantization import LegacyQuantizationModifier
+
+    manager = load_recipe(write_recipe(tmp_path, SCHEME_BASED))
+    (modifier,) = list(manager.iter_modifiers())
+    assert isinstance(modifier, LegacyQuantizationModifier)  # sparseml chose the scheme-based one for this text
+    assert (modifier.disable_quantization_observer_epoch, modifier.freeze_bn_stats_epoch) == (0.5, 0.5)
+    scheme_report, scheme_graph = quantized_one_shot_export(tmp_path, SCHEME_BASED, "scheme")
+    classic_report, classic_graph = quantized_one_shot_export(tmp_path, CLASSIC_OF_THE_SAME_MEANING, "classic")
+    assert scheme_report["parity_ok"] and scheme_report["integer_ops"] == {"MatMulInteger": 13}  # the Linear layers
+    assert [n.op_type for n in scheme_graph.node] == [n.op_type for n in classic_graph.node]
+    arrays = [{i.name: numpy_helper.to_array(i) for i in graph.initializer} for graph in (scheme_graph, classic_graph)]
+    assert arrays[0].keys() == arrays[1].keys()
+    assert all((arrays[0][name] == arrays[1][name]).all() for name in arrays[0])
+
+
+@pytest.mark.parametrize("setting, refusal", [
+    ("ignore: [LayerNorm, bert.encoder.layer.0.output.dense]", r"ignore of the module 'bert.encoder.layer.0.output."
+                                                               r"dense' \(only module types can be left out\)"),
+    ("ignore: [LayerNorm, Tanh]", r"Embedding with quantized inputs \(the token ids\) has no equivalent .*; "
+                                  r"override it as sparseml's recipes do"),
+    ("scheme: {input_activations: {num_bits: 8, symmetric: true}, weights: {num_bits: 8, symmetric: true}}\n"
+     "        ignore: [Embedding]", r"symmetric activations has no equivalent in sparseml's classic modifier"),
+    ("scheme_overrides: {Linear: {weights: {num_bits: 8, symmetric: true, strategy: channel}}}\n"
+     "        ignore: [Embedding]", r"channel Linear weights \(the classic modifier has per-tensor ranges\)"),
+])
+def test_scheme_based_settings_without_a_classic_equivalent_are_refused_by_name(tmp_path, setting, refusal):
+    recipe = write_recipe(tmp_path, f"""
+        modifiers:
+          - !QuantizationModifier
+            start_epoch: 0.0
+            {setting}
+    """)
+    with pytest.raises(UsageError, match=refusal):
+        load_recipe(recipe)
