@@ -6,6 +6,8 @@ Data come from the Hub (`glue`), from --train_file / --validation_file (CSV, JSO
 on both its matched and mismatched dev sets.
 """
 
+import sparsebert  # noqa: F401  (first: an unsupported Python is refused in one line)
+
 import logging
 import os
 from dataclasses import dataclass, field

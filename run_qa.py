@@ -6,6 +6,8 @@ can be exported to ONNX (--do_onnx_export) and is checked against PyTorch. With 
 the model also learns from a teacher (see run_distill_qa.py).
 """
 
+import sparsebert  # noqa: F401  (first: an unsupported Python is refused in one line)
+
 import logging
 import os
 from dataclasses import dataclass, field

@@ -251,7 +251,25 @@ def environment():
                    cpu)
     return {"python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "sparseml": sparseml.__version__,
-            "cpu": cpu, "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
+            "cpu": cpu, "isa": cpu_isa(), "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
+
+
+def cpu_isa() -> str:
+    """The instruction set integer kernels take on this CPU: VNNI (AVX-512 or AVX) multiplies uint8 x int8 exactly,
+    AVX2 alone saturates their pair sums; AMX adds tile products."""
+    flags = set()
+    if os.path.isfile("/proc/cpuinfo"):
+        flags = set(next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo")
+                          if line.startswith("flags")), []))
+    if "amx_int8" in flags:
+        return "AVX-512 VNNI + AMX"
+    if "avx512_vnni" in flags:
+        return "AVX-512 VNNI"
+    if "avx_vnni" in flags:
+        return "AVX2 + AVX-VNNI"
+    if "avx512f" in flags:
+        return "AVX-512, no VNNI"
+    return "AVX2, no VNNI" if "avx2" in flags else platform.machine()
 
 
 def main():

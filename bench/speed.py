@@ -16,10 +16,14 @@
 Each configuration is timed in alternating rounds so that drifts of a noisy machine hit all of them alike.
 
     python bench/speed.py --trained DENSE_DIR SPARSE_DIR ...   # writes speed_trained_<head>.json and .md
+    python bench/speed.py --int8_layouts                      # writes speed_int8_layouts.json and .md
 
 (c) Trained exports: the model.onnx of export folders as training wrote them (e.g. the benchmark's rows), the
     first folder the baseline (a dense FP32 model, in onnxruntime). Where a recipe put its zeros (OBS prunes
     some layers far more than others) can change the speed one-shot files with even layers show.
+(d) INT8 weight layouts: the shipped uint8 x uint8 products against the same numbers as uint8 x int8, the layout
+    VNNI's kernel takes fastest (and AVX2's gets wrong): what exactness on every CPU costs on this one.
+Every table names the CPU and the instruction set its integer kernels used.
 """
 
 import argparse
@@ -158,6 +162,81 @@ def inference(model_dir, work, rounds, use_deepsparse):
     return rows
 
 
+def int8_layouts(model_dir, work, rounds):
+    """What exactness on every CPU costs: the QA head's INT8 files (one-shot, dense and 90%, attention quantized
+    and Linear only) as exported, uint8 x uint8 products, against the same numbers as int8 weights (uint8 x int8,
+    the layout VNNI's kernel takes fastest) in onnxruntime, alternating rounds; with how far the int8 layout's
+    logits land from the exact ones on this CPU (0 with VNNI; without it, its pair sums saturate)."""
+    import onnx
+    from transformers import AutoConfig, AutoTokenizer
+
+    from sparsebert.integer_products import with_int8_weights
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    max_positions = AutoConfig.from_pretrained(model_dir).max_position_embeddings
+    outputs, throughput_shape = HEADS["qa"]
+    baseline = export_onnx(load_model(model_dir, "qa").eval(), tokenizer, os.path.join(work, "fp32"), outputs)
+    files = {("fp32", 0, "float"): baseline["onnx_path"]}  # what the speed-ups count from
+    for precision, sparsity in (("int8", 0), ("int8", 90), ("int8_linear", 0), ("int8_linear", 90)):
+        model = quantize_one_shot(prune_one_shot(load_model(model_dir, "qa").eval(), sparsity), tokenizer,
+                                  attention=precision == "int8")
+        report = export_onnx(model, tokenizer, os.path.join(work, f"{precision}-{sparsity}"), outputs)
+        signed = os.path.join(work, f"{precision}-{sparsity}", "int8-weights.onnx")
+        onnx.save(with_int8_weights(onnx.load(report["onnx_path"])), signed)
+        files[precision, sparsity, "uint8"], files[precision, sparsity, "int8"] = report["onnx_path"], signed
+    rows = []
+    for shape_name, shape in (("latency 1x128", (1, 128)),
+                              (f"throughput {throughput_shape[0]}x{throughput_shape[1]}", throughput_shape)):
+        inputs = batch(shape[0], min(shape[1], max_positions), tokenizer)
+        runners = {key: runners_for(path, inputs, False, work)["onnxruntime"] for key, path in files.items()}
+        timings = time_rounds(runners, rounds, 20 if shape[0] == 1 else 3)
+        for (precision, sparsity, layout), seconds in timings.items():
+            rows.append({"measure": shape_name, "precision": precision, "sparsity": sparsity, "layout": layout,
+                         "median_ms": 1000 * statistics.median(seconds),
+                         "rounds_ms": [round(1000 * s, 3) for s in seconds]})
+        for precision, sparsity, layout in files:
+            if layout == "int8":
+                exact, signed = (runners[precision, sparsity, each]() for each in ("uint8", "int8"))
+                rows.append({"measure": shape_name, "precision": precision, "sparsity": sparsity,
+                             "int8_layout_max_abs_diff": max(float(np.abs(a - b).max()) for a, b in zip(exact, signed)),
+                             "int8_layout_same_answer_position": float(np.mean(
+                                 [(a.argmax(-1) == b.argmax(-1)).mean() for a, b in zip(exact, signed)]))})
+    return rows
+
+
+def layouts_markdown(result) -> str:
+    timed = {(r["measure"], r["precision"], r["sparsity"], r["layout"]): r["median_ms"]
+             for r in result["rows"] if "median_ms" in r}
+    departures = {(r["measure"], r["precision"], r["sparsity"]): r for r in result["rows"]
+                  if "int8_layout_max_abs_diff" in r}
+    lines = [f"**INT8 weight layouts** (QA head, one-shot files; median ms per batch in onnxruntime, in brackets the "
+             f"speed-up against the dense FP32 file; {where(result['environment'])})", "",
+             "| measure | precision | sparsity | uint8 weights (shipped) | int8 weights | int8 weights' time | "
+             "int8 weights vs exact: max abs diff, same answer position |", "|---|---|---|---|---|---|---|"]
+    for measure, precision, sparsity in dict.fromkeys(key[:3] for key in timed if key[1] != "fp32"):
+        exact, signed = timed[measure, precision, sparsity, "uint8"], timed[measure, precision, sparsity, "int8"]
+        base = timed[measure, "fp32", 0, "float"]
+        departure = departures[measure, precision, sparsity]
+        lines.append(f"| {measure} | {PRECISIONS[precision]} | {sparsity}% | {exact:.1f} ({base / exact:.2f}x) | "
+                     f"{signed:.1f} ({base / signed:.2f}x) | {signed / exact:.2f}x | "
+                     f"{departure['int8_layout_max_abs_diff']:.2g}, "
+                     f"{100 * departure['int8_layout_same_answer_position']:.1f}% |")
+    return "\n".join(lines)
+
+
+def time_layouts(args):
+    """--int8_layouts: speed_int8_layouts.json and .md, and the README's section of that name."""
+    model_dir = args.model_name_or_path or default_model()
+    work = tempfile.mkdtemp(prefix="speed-")
+    try:
+        rows = int8_layouts(model_dir, work, args.rounds)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result = {"model": "all-MiniLM-L6-v2" if not args.model_name_or_path else os.path.basename(model_dir),
+              "environment": environment(), "rows": rows}
+    write_section(result, "speed_int8_layouts", layouts_markdown(result), args)
+
+
 def runners_for(path, inputs, use_deepsparse, copy_dir):
     """engine -> a callable running the ONNX file at path on inputs (DeepSparse compiled for their shape)."""
     import onnxruntime
@@ -237,7 +316,7 @@ def trained_markdown(result) -> str:
     baseline = result["folders"][0]
     env = result["environment"]
     lines = [f"**Trained exports** ({result['head']}; median ms per batch, in brackets the speed-up against "
-             f"`{os.path.basename(baseline)}` in onnxruntime; {env['cores']} cores of an {env['cpu']}, {env['date']})",
+             f"`{os.path.basename(baseline)}` in onnxruntime; {where(env)})",
              "", "| export | precision | sparsity | MB | engine | " + " | ".join(measures) + " |",
              "|---|---|---|---|---|" + "---|" * len(measures)]
     for folder in result["folders"]:
@@ -253,6 +332,12 @@ def trained_markdown(result) -> str:
                              + " | ".join(cells) + " |")
     checks = trained_goals(result)
     return "\n".join(lines + (goals_markdown(checks) if checks else []))
+
+
+def where(env) -> str:
+    """The machine a table was measured on, with the instruction set its integer kernels used."""
+    isa = env.get("isa", "instruction set not recorded")
+    return f"{env['cores']} cores of an {env['cpu']} ({isa}), {env['date']}"
 
 
 def training_overhead(model_dir, rounds, steps):
@@ -349,10 +434,10 @@ def goals_markdown(checks) -> list:
 
 
 def markdown(result) -> str:
-    where = result["training"].get("environment", result["environment"])
+    trained_on = result["training"].get("environment", result["environment"])
     lines = [f"**Training step** ({result['model']} with a QA head, batch 16 x 256, "
              f"{result['training']['steps']} steps, median of {result['training']['rounds']} alternating rounds; "
-             f"{where['cores']} cores of an {where['cpu']}, {where['date']})", "",
+             f"{where(trained_on)})", "",
              "| configuration | s / step | relative |", "|---|---|---|"]
     base = result["training"]["no recipe"]["median_s_per_step"]
     for name in ("no recipe", "GMP recipe"):
@@ -360,9 +445,7 @@ def markdown(result) -> str:
         lines.append(f"| {name} | {value:.3f} | {value / base:.2f}x |")
     timed = median_ms(result)
     lines += ["", "**Inference** (median ms per batch; in brackets the speed-up against the dense FP32 model in "
-              "onnxruntime, what a user would otherwise ship; "
-              f"{result['environment']['cores']} cores of an {result['environment']['cpu']}, "
-              f"{result['environment']['date']})", "",
+              f"onnxruntime, what a user would otherwise ship; {where(result['environment'])})", "",
               "| head | measure | engine | precision | dense | 80% | 90% |", "|---|---|---|---|---|---|---|"]
     for head, measure, engine in sorted({key[:3] for key in timed}):
         base = timed[head, measure, "onnxruntime", "fp32", 0]
@@ -391,11 +474,16 @@ def main():
                         help="time inference only; keep the training-step figures of the last speed.json")
     parser.add_argument("--report_only", action="store_true",
                         help="time nothing: rewrite speed.md and the README section from the last speed.json")
+    parser.add_argument("--int8_layouts", action="store_true",
+                        help="time the INT8 files with uint8 weights (shipped) against int8 weights instead")
     parser.add_argument("--trained", nargs="+", metavar="EXPORT_DIR",
                         help="time these export folders' model.onnx instead (one task; the first is the baseline)")
     args = parser.parse_args()
     if args.trained:
         time_trained(args)
+        return
+    if args.int8_layouts:
+        time_layouts(args)
         return
     if args.report_only:
         with open(os.path.join(args.results_dir, "speed.json")) as handle:
@@ -444,10 +532,13 @@ def time_trained(args):
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = {"head": head, "folders": folders, "environment": environment(), "rows": rows}
-    name = f"speed_trained_{head}"
+    write_section(result, f"speed_trained_{head}", trained_markdown(result), args)
+
+
+def write_section(result, name, table, args):
+    """results/<name>.json and .md, and the README's section of that name."""
     os.makedirs(args.results_dir, exist_ok=True)
     write_json(os.path.join(args.results_dir, f"{name}.json"), result)
-    table = trained_markdown(result)
     with open(os.path.join(args.results_dir, f"{name}.md"), "w") as handle:
         handle.write(table + "\n")
     if not args.no_readme:

@@ -12,7 +12,25 @@ The rest of the package serves the scripts: recipes, distillation, layer droppin
 """
 
 import importlib
+import sys
 import warnings
+
+# sparseml 1.8.0, the engine, is published for these alone; pyproject.toml's requires-python and the README say so
+SUPPORTED_PYTHON = ((3, 10), (3, 11))
+
+
+def unsupported_python(version=sys.version_info) -> "str | None":
+    """The one-line refusal for a Python sparseml 1.8.0 does not install on, or None."""
+    if tuple(version[:2]) in SUPPORTED_PYTHON:
+        return None
+    supported = " or ".join(f"{major}.{minor}" for major, minor in SUPPORTED_PYTHON)
+    return (f"error: Python {version[0]}.{version[1]} is not supported: sparseml 1.8.0, which these scripts train "
+            f"with, installs on Python {supported} only (get one with `uv python install 3.11`)")
+
+
+if unsupported_python() is not None:  # before any import that would fail on it with a traceback
+    print(unsupported_python(), file=sys.stderr)
+    sys.exit(2)
 
 # sparseml 1.8 imports pkg_resources, which warns on every run: a one-line error would become three lines
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)

@@ -123,3 +123,27 @@ def emulate_isa(model, isa: str):
         new.append(helper.make_node("Cast", [result], [node.output[0]], to=TensorProto.INT32))
         graph.node.extend(new)
     return model
+
+
+def with_int8_weights(model):
+    """A copy of the onnx ModelProto with its uint8 MatMulInteger weights around 128 stored as int8 around 0 (the same
+    numbers): the layout VNNI's kernel takes fastest and AVX2's saturates, as exports stored it before 2026-12; for
+    measuring what exactness costs, and for tests."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    initializers = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "MatMulInteger" or node.input[1] not in initializers or len(node.input) < 4:
+            continue
+        weight = numpy_helper.to_array(initializers[node.input[1]])
+        if weight.dtype != np.uint8:
+            continue
+        zero_point = numpy_helper.to_array(initializers[node.input[3]])
+        shift = (lambda values: (values.astype(np.int16) - 128).astype(np.int8))
+        initializers[node.input[1]].CopyFrom(numpy_helper.from_array(shift(weight), node.input[1]))
+        signed_zero = node.input[1] + "_signed_zero_point"  # the zero point may be shared with an activation
+        model.graph.initializer.append(numpy_helper.from_array(shift(zero_point), signed_zero))
+        node.input[3] = signed_zero
+    return model

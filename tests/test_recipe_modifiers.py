@@ -419,24 +419,6 @@ def int8_rule_on_each_cpu(model_proto, model, batch, report) -> dict:
                            floor)[0] for isa in ISA_PATHS}
 
 
-def with_int8_weights(model_proto):
-    """The file as exports before 2026-12 stored it: MatMulInteger weights as int8 around 0 (the same values)."""
-    import numpy as np
-    from onnx import numpy_helper
-
-    model_proto = onnx.ModelProto.FromString(model_proto.SerializeToString())
-    initializers = {init.name: init for init in model_proto.graph.initializer}
-    for node in model_proto.graph.node:
-        if node.op_type == "MatMulInteger" and node.input[1] in initializers:
-            weight = numpy_helper.to_array(initializers[node.input[1]])
-            zero_point = numpy_helper.to_array(initializers[node.input[3]])
-            initializers[node.input[1]].CopyFrom(numpy_helper.from_array((weight - 128).astype(np.int8), node.input[1]))
-            model_proto.graph.initializer.append(numpy_helper.from_array((zero_point - 128).astype(np.int8),
-                                                                         node.input[1] + "_signed_zero"))
-            node.input[3] = node.input[1] + "_signed_zero"
-    return model_proto
-
-
 @pytest.mark.parametrize("quantize_attention, integer_matmuls", [(True, 13 + 2 * 2), (False, 13)])
 def test_quantization_aware_training_exports_integer_matmuls(tmp_path, quantize_attention, integer_matmuls):
     from sparsebert.demo import make_tokenizer
@@ -471,7 +453,7 @@ def test_int8_weights_are_caught_on_any_cpu_as_wrong_without_vnni(tmp_path):
     # the layout exports had before: right with VNNI, wrong on AVX2 alone (97% of the answers kept here); the checks
     # see it whatever CPU runs them, and the emulated kernels agree on the values the two layouts share
     from sparsebert.demo import make_tokenizer
-    from sparsebert.integer_products import emulate_isa, saturating_products
+    from sparsebert.integer_products import emulate_isa, saturating_products, with_int8_weights
     from sparsebert.onnx_export import export_onnx, make_batch
 
     trainer, _, _ = train(tmp_path, write_recipe(tmp_path, QAT_RECIPE))
