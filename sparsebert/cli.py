@@ -1,10 +1,12 @@
 """What every script shares at the command line: the argument dataclasses, parsing (flags or one .json
 file), logging set-up, the up-front checks on flags and paths, and the one-line error on bad input."""
 
+import functools
 import json
 import logging
 import os
 import sys
+import tempfile
 import traceback
 from dataclasses import dataclass, field
 
@@ -103,7 +105,7 @@ class SparsificationArguments:
         default=False, metadata={"help": "Train into an existing non-empty --output_dir, replacing its contents."}
     )
 
-    @property
+    @functools.cached_property
     def recipe_variables(self) -> dict:
         if not self.recipe_args:
             return {}
@@ -219,18 +221,15 @@ def check_output_dir(training_args: TrainingArguments, sparse_args: Sparsificati
 
 
 def _check_writable(path: str, flag: str):
-    existing, missing = os.path.abspath(path), []
+    existing = os.path.abspath(path)
     while not os.path.exists(existing):
-        missing.append(existing)
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"{flag} {path}: cannot write there ({existing} is not a writable folder)")
-    if missing:  # the permission bits say yes to root where the kernel says no (/proc, a read-only mount): try it
+    if existing != os.path.abspath(path):
+        # the permission bits say yes to root where the kernel says no (/proc, a read-only mount): try a folder of
+        # this process's own there (several processes of one run check at once), and leave nothing behind
         try:
-            os.makedirs(missing[0])
+            os.rmdir(tempfile.mkdtemp(prefix=".sparsebert-check-", dir=existing))
         except OSError as err:
             raise UsageError(f"{flag} {path}: cannot create it ({err.strerror})") from err
-        finally:
-            for folder in missing:  # what this check made, deepest first: nothing is left behind
-                if os.path.isdir(folder):
-                    os.rmdir(folder)
