@@ -129,7 +129,7 @@ def main(argv=None):
 
     report = metrics = onnx_report = None
     if training_args.do_train:
-        report = pipeline.train_and_save(trainer, training_args, sparse_args, manager, tokenizer, len(splits["train"]))
+        report = pipeline.train_and_save(trainer, training_args, len(splits["train"]))
 
     if training_args.do_eval:
         metrics = {}

@@ -138,7 +138,7 @@ def main(argv=None):
 
     report = metrics = onnx_report = None
     if training_args.do_train:
-        report = pipeline.train_and_save(trainer, training_args, sparse_args, manager, tokenizer, len(train_examples))
+        report = pipeline.train_and_save(trainer, training_args, len(train_examples))
 
     if training_args.do_eval:
         evaluated = trainer.predict(eval_dataset, eval_examples, metric_key_prefix="eval")

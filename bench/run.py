@@ -5,6 +5,8 @@ with a recipe file from recipes/.
     python bench/run.py --data_dir ../shared/data                 # every table (hours; resumes)
     python bench/run.py --data_dir ../shared/data --tables squad  # one table
     python bench/run.py --tiny                                    # the harness on the built-in demo (CI)
+    python bench/run.py --data_dir ../shared/data --tables sst2 --rows ft_obs90_distill_int8 --start_points_only
+                                                                  # train only what that row starts from
 
 Each finished row is appended to bench/results/<table>.json at once, and the Markdown tables, the plot and the
 README section are regenerated from the JSON, so an interrupted run loses at most the row in progress; a row
@@ -188,6 +190,7 @@ def run_row(script, common, row, work_dir, table, budget):
             return json.load(handle)
 
     results, report, state = read("all_results.json"), read("sparsity_report.json"), read("trainer_state.json")
+    parity = read("onnx_parity.json")
     config = read("config.json")
     return {
         **asdict(row),
@@ -208,7 +211,9 @@ def run_row(script, common, row, work_dir, table, budget):
         "train_runtime_all_attempts_s": results.get("train_runtime_all_attempts"),  # None if a checkpoint lacked it
         "resumed_from_step": int(resumed.rsplit("-", 1)[1]) if resumed else 0,
         "wall_s": round(time.time() - started, 1),
-        "onnx_parity_max_abs_diff": read("onnx_parity.json")["max_abs_diff"],
+        "onnx_parity_max_abs_diff": parity["max_abs_diff"],
+        "onnx_parity_ok": parity["parity_ok"],  # INT8: the rule, and no product that saturates without VNNI
+        "int8_saturating_products_without_vnni": parity.get("saturating_products_without_vnni"),
         "start_points": start_points(row, work_dir, table),
         "environment": environment(),
     }
@@ -283,6 +288,12 @@ def main():
                         help="models, checkpoints and logs (default: %(default)s)")
     parser.add_argument("--tiny", action="store_true", help="run the harness on the built-in demo only")
     parser.add_argument("--no_readme", action="store_true", help="do not rewrite the README's tables")
+    parser.add_argument("--rerun", action="store_true",
+                        help="run the rows named by --rows again, replacing their recorded results (e.g. to check an "
+                             "export made by newer code)")
+    parser.add_argument("--start_points_only", action="store_true",
+                        help="train the models the selected rows start from or learn from, where this machine lacks "
+                             "them, and stop there (a new machine's rows then run sooner)")
     args = parser.parse_args()
 
     os.makedirs(args.work_dir, exist_ok=True)
@@ -307,7 +318,10 @@ def main():
         todo = sorted((row for row in rows if not args.rows or row.name in args.rows),
                       key=lambda row: args.rows.index(row.name) if args.rows else 0)
         for row in todo:
-            if row.name in results["rows"]:
+            if args.start_points_only:
+                retrain_missing_start_points(row, by_name, script, common, args.work_dir, table, budget)
+                continue
+            if row.name in results["rows"] and not (args.rerun and args.rows):
                 continue
             retrain_missing_start_points(row, by_name, script, common, args.work_dir, table, budget)
             finished = run_row(script, common, row, args.work_dir, table, budget)

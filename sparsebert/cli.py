@@ -1,6 +1,7 @@
 """What every script shares at the command line: the argument dataclasses, parsing (flags or one .json
 file), logging set-up, the up-front checks on flags and paths, and the one-line error on bad input."""
 
+import functools
 import json
 import logging
 import os
@@ -104,7 +105,7 @@ class SparsificationArguments:
         default=False, metadata={"help": "Train into an existing non-empty --output_dir, replacing its contents."}
     )
 
-    @property
+    @functools.cached_property
     def recipe_variables(self) -> dict:
         if not self.recipe_args:
             return {}

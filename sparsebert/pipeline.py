@@ -81,7 +81,7 @@ def load_training_recipe(sparse_args, training_args, model_args, output_names, r
     modifiers need from this run is checked here, before any model or data is loaded."""
     if not (training_args.do_train and sparse_args.nm_prune_config):
         return None
-    from sparsebert.recipe import apply_recipe_epochs, load_recipe
+    from sparsebert.recipe import load_recipe
 
     path = sparse_args.nm_prune_config
     manager = load_recipe(path, sparse_args.recipe_variables)
@@ -100,7 +100,6 @@ def load_training_recipe(sparse_args, training_args, model_args, output_names, r
     layer_pruning = any(type(m).__name__ == "LayerPruningModifier" for m in manager.iter_modifiers())
     if layer_pruning and model_args.layers_to_keep is not None:
         raise UsageError(f"--layers_to_keep and the !LayerPruningModifier of {path} both drop layers: use one")
-    apply_recipe_epochs(manager, training_args, path)
     return manager
 
 
@@ -117,9 +116,9 @@ def check_local_paths(model_args):
 
 
 def sparsification_kwargs(manager, sparse_args, model_args, teacher) -> dict:
-    """What every script hands SparseMLTrainer from its flags (the recipe only when training with one)."""
-    return {"recipe": sparse_args.nm_prune_config if manager is not None else None,
-            "recipe_args": sparse_args.recipe_variables, "teacher": teacher,
+    """What every script hands SparseMLTrainer from its flags: the recipe already loaded, when training with one."""
+    return {"recipe": manager, "recipe_path": sparse_args.nm_prune_config, "recipe_args": sparse_args.recipe_variables,
+            "teacher": teacher,
             "distill_hardness": model_args.distill_hardness, "temperature": model_args.temperature,
             "quantize_attention": sparse_args.quantize_attention}
 
@@ -192,10 +191,9 @@ def check_max_seq_length(max_seq_length: int, config, flag: str = "--max_seq_len
         raise UsageError(f"{flag} {max_seq_length} is more than the model's {limit} position embeddings")
 
 
-def train_and_save(trainer, training_args, sparse_args, manager, tokenizer, num_train_examples: int):
-    """Train (resuming when asked), then save the model the HF way with its recipe and sparsity report."""
-    from sparsebert.recipe import save_recipe
-
+def train_and_save(trainer, training_args, num_train_examples: int):
+    """Train (resuming when asked), then save the model the HF way (the trainer writes its recipe beside it) with
+    its sparsity report."""
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     if trainer.graceful_stop.signal is not None:
         name = signal.Signals(trainer.graceful_stop.signal).name
@@ -212,8 +210,6 @@ def train_and_save(trainer, training_args, sparse_args, manager, tokenizer, num_
     trainer.save_state()
     report = sparsity_report(trainer.model, trainer.targeted_names)
     if trainer.is_world_process_zero():
-        if manager is not None:
-            save_recipe(manager, sparse_args.nm_prune_config, sparse_args.recipe_variables, training_args.output_dir)
         write_json(os.path.join(training_args.output_dir, "sparsity_report.json"), report)
         logger.info("Sparsity after training:\n" + format_sparsity_table(report))
     return report

@@ -276,15 +276,17 @@ def _default_epochs(training_args) -> float:
     return next(f.default for f in dataclasses.fields(training_args) if f.name == "num_train_epochs")
 
 
-def save_recipe(manager: ScheduledModifierManager, recipe_path: str, variables: dict, output_dir: str):
-    """output_dir/recipe.yaml: the file as given, or the recipe as sparseml resolved it when --recipe_args changed
-    it or it came as Markdown (recipe.yaml must be YAML: a quantized model is rebuilt from it on reload)."""
+def save_recipe(manager: ScheduledModifierManager, recipe_path: str | None, variables: dict, output_dir: str):
+    """output_dir/recipe.yaml: the file as given, or the recipe as sparseml resolved it when variables changed it,
+    it came as Markdown or it was built in code (recipe_path None; recipe.yaml must be YAML: a quantized model is
+    rebuilt from it on reload)."""
     target = os.path.join(output_dir, "recipe.yaml")
     tmp = f"{target}.tmp"
-    if variables or not recipe_path.endswith((".yaml", ".yml")):
+    os.makedirs(output_dir, exist_ok=True)
+    if recipe_path is None or variables or not recipe_path.endswith((".yaml", ".yml")):
         with open(tmp, "w") as handle:
-            given = f" with --recipe_args '{json.dumps(variables)}'" if variables else ""
-            handle.write(f"# {recipe_path}{given}, as resolved by sparseml\n")
+            given = f" with recipe variables {json.dumps(variables)}" if variables else ""
+            handle.write(f"# {recipe_path or 'a recipe built in code'}{given}, as resolved by sparseml\n")
             handle.write(_yaml_parameter_lists(str(manager)))
     else:
         shutil.copyfile(recipe_path, tmp)

@@ -16,8 +16,8 @@ from transformers.trainer_utils import get_last_checkpoint
 from sparsebert.errors import UsageError
 from sparsebert.jsonfile import write_json
 from sparsebert.distillation import combine_losses, distillation_loss, freeze_teacher
-from sparsebert.recipe import (apply_recipe_epochs, check_cyclic_learning_rates, load_recipe, schedule_epochs,
-                               targeted_parameter_names)
+from sparsebert.recipe import (apply_recipe_epochs, check_cyclic_learning_rates, load_recipe, save_recipe,
+                               schedule_epochs, targeted_parameter_names)
 from sparsebert.quantization import freeze_observers, is_quantized, quantization_modifiers
 from sparsebert.recipe_run import RecipeLearningRate, RecipeRun, gradient_sampler
 from sparsebert.sparsity import zero_fraction
@@ -29,9 +29,11 @@ class SparseMLTrainer(Trainer):
     """A Trainer driven by a SparseML recipe: add `recipe=` to any Hugging Face Trainer script.
 
     recipe: a recipe file (YAML, or Markdown with YAML front matter; recipe_args override its variables), or a
-    ScheduledModifierManager already loaded; None trains without one. The recipe sets the training length (its
-    last end_epoch) unless args.max_steps does; its modifiers act on the model here (layer pruning, then every
-    modifier initialized, quantization last) and around every optimizer step.
+    ScheduledModifierManager already loaded (from recipe_path with recipe_args, when it came from a file); None
+    trains without one. The recipe sets the training length (its last end_epoch) unless args.max_steps does; its
+    modifiers change the model's structure here (layer pruning), start when train() does (every modifier
+    initialized at the epoch of the checkpoint it resumes, quantization last) and act around every optimizer step.
+    save_model writes the recipe beside the model as recipe.yaml: a quantized model reloads from it.
     teacher: a frozen model, already trained for the task, to distill from. A recipe with a DistillationModifier
     distills from it with its own settings; otherwise every `*logits` output of the student is matched to the
     teacher's: (1 - distill_hardness) x the student's loss + distill_hardness x T^2 x KL at `temperature` (MSE for
@@ -43,13 +45,19 @@ class SparseMLTrainer(Trainer):
     loss_is_scaled_for_ga = False
 
     def __init__(self, model=None, args=None, *, recipe: str | ScheduledModifierManager | None = None,
-                 recipe_args: dict | None = None, teacher=None, distill_hardness: float = 1.0,
-                 temperature: float = 2.0, quantize_attention: bool = True, **kwargs):
+                 recipe_args: dict | None = None, recipe_path: str | None = None, teacher=None,
+                 distill_hardness: float = 1.0, temperature: float = 2.0, quantize_attention: bool = True, **kwargs):
         # the Trainer creates output_dir right away; remember whether it was there before
         self._made_output_dir = args is None or not os.path.exists(args.output_dir)
         device = args.device if args is not None else None
         teacher = freeze_teacher(teacher, device) if teacher is not None else None
-        self.recipe_path, manager = _recipe(recipe, recipe_args, args)
+        if isinstance(recipe, str):
+            recipe_path, recipe = recipe, load_recipe(recipe, recipe_args)
+        self.recipe_path = recipe_path or "the recipe"  # for messages
+        self._recipe_file, self._recipe_args = recipe_path, recipe_args or {}  # what save_model writes from
+        manager = recipe
+        if manager is not None and args is not None:
+            apply_recipe_epochs(manager, args, self.recipe_path)  # the recipe sets the training length
         self.recipe_run = None
         self._targeted = []  # the parameters themselves: quantization and layer removal rename them
         if manager is not None:  # what the recipe does to the model's structure, and checks, before anything is written
@@ -60,22 +68,15 @@ class SparseMLTrainer(Trainer):
             self.recipe_run.check_fisher_memory(model, device)
             targeted_parameter_names(manager, model, self.recipe_path)  # refuses a params pattern matching nothing
         super().__init__(model=model, args=args, **kwargs)
-        if self.recipe_run is not None:
-            samplers = self.recipe_run.gradient_samplers
-            grad_sampler = (gradient_sampler(self.model, self.train_dataset, self.data_collator, samplers[0].num_grads)
-                            if samplers else None)
-            # what sparseml itself resolved the recipe's params to (e.g. __ALL_PRUNABLE__) is what gets reported
-            self._targeted = self.recipe_run.initialize(self.model, _resumed_epoch(self.args), grad_sampler)
-            self.model.to(self.args.device)  # quantization may have added observers on the CPU
-            if quantization_modifiers(manager):
-                self.add_callback(FullPrecisionForQuantization(self))
+        if self.recipe_run is not None and quantization_modifiers(manager):
+            self.add_callback(FullPrecisionForQuantization(self))
         # our own distillation loss only when the recipe does not distill itself: never both
         self.teacher = None if self.recipe_run is not None and self.recipe_run.distills else teacher
         self.distill_hardness = distill_hardness
         self.temperature = temperature
         self.steps_per_epoch = None
         self._loss_parts = {}  # sums of the loss's parts since the last log, and the batch count
-        self._finalized = False
+        self._recipe_started = self._finalized = False
         self.graceful_stop = GracefulStop()
         self.add_callback(self.graceful_stop)
         self.training_clock = TrainingClock()
@@ -148,14 +149,29 @@ class SparseMLTrainer(Trainer):
     def train(self, *args, **kwargs):
         """Train; at the end the recipe lets go of the model (see finalize_recipe), unless a signal stopped
         training early to be resumed."""
-        resume = kwargs.get("resume_from_checkpoint", args[0] if args else None)
+        resume = kwargs.pop("resume_from_checkpoint", args[0] if args else None)
+        args = args[1:]
         if resume is True:  # the Trainer's way of saying the newest checkpoint in output_dir
             resume = get_last_checkpoint(self.args.output_dir)
         self.training_clock.start(resume)
-        result = super().train(*args, **kwargs)
+        self._start_recipe(resume)
+        result = super().train(resume, *args, **kwargs)
         if self.graceful_stop.signal is None:
             self.finalize_recipe()
         return result
+
+    def _start_recipe(self, checkpoint: str | None):
+        """Initialize the recipe's modifiers at the epoch the checkpoint stopped at (0 for a fresh run): a
+        structural one (quantization) is in place before the checkpoint's weights load into it."""
+        if self.recipe_run is None or self._recipe_started:
+            return
+        self._recipe_started = True
+        samplers = self.recipe_run.gradient_samplers
+        grad_sampler = (gradient_sampler(self.model, self.train_dataset, self.data_collator, samplers[0].num_grads)
+                        if samplers else None)
+        # what sparseml itself resolved the recipe's params to (e.g. __ALL_PRUNABLE__) is what gets reported
+        self._targeted = self.recipe_run.initialize(self.model, checkpoint_epoch(checkpoint), grad_sampler)
+        self.model.to(self.args.device)  # quantization may have added observers on the CPU
 
     def finalize_recipe(self):
         """Detach the recipe's hooks from the model; the pruned zeros stay in the weights, layers the recipe
@@ -168,6 +184,12 @@ class SparseMLTrainer(Trainer):
         self._finalized = True
 
     # ---- files: whole or not at all -------------------------------------------------------------
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """The model the HF way, and the recipe beside it (recipe.yaml): a quantized model is rebuilt from it."""
+        super().save_model(output_dir, _internal_call)
+        if self.recipe is not None and self.is_world_process_zero():
+            save_recipe(self.recipe, self._recipe_file, self._recipe_args, output_dir or self.args.output_dir)
 
     def save_metrics(self, split, metrics, combined=True):
         if not self.is_world_process_zero():
@@ -309,20 +331,8 @@ class TrainingClock(TrainerCallback):
                        {"global_step": state.global_step, "train_seconds": round(self.seconds(), 1)})
 
 
-def _recipe(recipe, recipe_args, args) -> tuple[str, ScheduledModifierManager | None]:
-    """(the recipe's name for messages, its manager); a file is loaded, and sets the training length."""
-    if recipe is None or isinstance(recipe, ScheduledModifierManager):
-        return "the recipe", recipe
-    manager = load_recipe(recipe, recipe_args)
-    if args is not None:
-        apply_recipe_epochs(manager, args, recipe)
-    return recipe, manager
-
-
-def _resumed_epoch(args) -> float:
-    """The epoch a resumed run starts at, read from its checkpoint (0 for a fresh run): structural modifiers
-    (quantization) must be in place before the checkpoint's weights load."""
-    checkpoint = getattr(args, "resume_from_checkpoint", None)
+def checkpoint_epoch(checkpoint: str | None) -> float:
+    """The epoch a run resumed from this checkpoint starts at (0 for a fresh run), from its trainer_state.json."""
     state = os.path.join(checkpoint, "trainer_state.json") if checkpoint else None
     if not state or not os.path.isfile(state):
         return 0.0

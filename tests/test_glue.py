@@ -204,12 +204,15 @@ def test_classification_with_teacher_pruning_and_export(tmp_path):
                              "--logging_steps", "4"))
     assert listing(teacher) == teacher_files
     results = _json(output_dir / "eval_results.json")
-    assert 0.0 <= results["eval_accuracy"] <= 1.0 and results["eval_samples"] == 24
+    assert results["eval_samples"] == 24  # (the accuracy is checked against the predictions file below)
     assert _json(output_dir / "sparsity_report.json")["targeted_sparsity"] == pytest.approx(0.90, abs=0.005)
     parity = _json(output_dir / "onnx_parity.json")
     assert parity["parity_ok"]
     history = _json(output_dir / "trainer_state.json")["log_history"]
-    assert any("distill_loss" in h and "student_loss" in h for h in history)
+    # hardness 1.0 (the default): the loss trained on is the teacher's term alone, not the student's own loss
+    mixed = [h for h in history if "distill_loss" in h]
+    assert mixed and all(h["loss"] == pytest.approx(h["distill_loss"], abs=2e-4) for h in mixed)
+    assert all(abs(h["distill_loss"] - h["student_loss"]) > 1e-3 for h in mixed)
 
     # the per-example evaluation file holds what the accuracy was computed from
     rows = [line.rstrip("\n").split("\t") for line in open(output_dir / "eval_predictions_sst2.txt")]
