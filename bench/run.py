@@ -196,7 +196,7 @@ def run_row(script, common, row, work_dir, table, budget):
         **asdict(row),
         "table": table,
         "budget": budget,
-        "command": [os.path.relpath(c, REPO) if os.path.isabs(c) and c.startswith(REPO) else c for c in command],
+        "command": portable_command(command, work_dir),
         "sparsity": report["targeted_sparsity"],
         "model_sparsity": report["model_sparsity"],
         "parameters": report["model_parameters"],
@@ -217,6 +217,20 @@ def run_row(script, common, row, work_dir, table, budget):
         "start_points": start_points(row, work_dir, table),
         "environment": environment(),
     }
+
+
+def portable_command(command, work_dir) -> list:
+    """The row's command with no path of the machine that ran it: the checkout's files relative to it, the work
+    folder as $WORK_DIR (bench/run.py --work_dir)."""
+    work_dir = os.path.abspath(work_dir)
+    portable = []
+    for part in command:
+        if os.path.isabs(part) and part.startswith(work_dir + os.sep):
+            part = os.path.join("$WORK_DIR", os.path.relpath(part, work_dir))
+        elif os.path.isabs(part) and part.startswith(REPO + os.sep):
+            part = os.path.relpath(part, REPO)
+        portable.append(part)
+    return portable
 
 
 def eval_metrics(results: dict) -> dict:

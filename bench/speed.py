@@ -531,7 +531,10 @@ def time_trained(args):
         head, rows = trained_exports(folders, work, args.rounds, use_deepsparse_if_installed())
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    result = {"head": head, "folders": folders, "environment": environment(), "rows": rows}
+    # each folder by its name (a benchmark row's): no path of the machine that timed it goes into the results
+    name = {folder: os.path.basename(os.path.normpath(folder)) for folder in folders}
+    rows = [{**row, "folder": name[row["folder"]]} for row in rows]
+    result = {"head": head, "folders": [name[folder] for folder in folders], "environment": environment(), "rows": rows}
     write_section(result, f"speed_trained_{head}", trained_markdown(result), args)
 
 
