@@ -232,3 +232,23 @@ def test_tables_plots_and_readme_are_regenerated_from_the_json(tmp_path):
     assert "| best 80% row keeps >= 99% of dense | gmp80 | 88.00 | dense 90.00 | 97.8% | **no** (-1.2) |" in text
     for plot in ("accuracy_vs_sparsity.png", "accuracy_vs_cost.png"):
         assert (tmp_path / plot).stat().st_size > 10_000 and f"(bench/results/{plot})" in text
+
+
+def test_committed_results_hold_no_path_of_the_machine_that_made_them():
+    # a result names files by row or relative path; an absolute one says nothing on another machine
+    def strings(value):
+        if isinstance(value, dict):
+            for item in value.values():
+                yield from strings(item)
+        elif isinstance(value, list):
+            for item in value:
+                yield from strings(item)
+        elif isinstance(value, str):
+            yield value
+
+    results = os.path.join(REPO, "bench", "results")
+    for name in sorted(os.listdir(results)):
+        if name.endswith(".json"):
+            with open(os.path.join(results, name)) as handle:
+                absolute = [s for s in strings(json.load(handle)) if os.path.isabs(s)]
+            assert absolute == [], (name, absolute[:3])
