@@ -320,38 +320,30 @@ def test_block_masks_zero_aligned_groups_of_four(tmp_path):
 
 
 def test_mixed_precision_stops_when_quantization_aware_training_starts(tmp_path):
-    from types import MethodType, SimpleNamespace
-
-    from sparsebert.trainer import FullPrecisionForQuantization
-
-    manager = load_recipe(write_recipe(tmp_path, """
+    # a real accelerate run in bf16 mixed precision (the CPU's autocast): the model runs under autocast until the
+    # recipe's QuantizationModifier starts at epoch 1 (step 7 of 6 a epoch), in full precision from there on
+    recipe = write_recipe(tmp_path, """
         modifiers:
           - !EpochRangeModifier
             start_epoch: 0
             end_epoch: 2
           - !QuantizationModifier
             start_epoch: 1.0
-            weight_bits: 8
-    """))
+            submodules: [bert.embeddings, bert.encoder, qa_outputs]
+    """)
     model = make_bert(hidden_size=32)
-    original = model.forward
-
-    def autocast_forward(self, *args, **kwargs):  # what accelerate wraps a model's forward in for --fp16
-        return original(*args, **kwargs)
-
-    autocast_forward.__wrapped__ = original.__func__
-    model._original_forward = original.__func__
-    model.forward = MethodType(autocast_forward, model)
-    accelerator = SimpleNamespace(native_amp=True, scaler=object())
-    optimizer = SimpleNamespace(scaler=accelerator.scaler)
-    trainer = SimpleNamespace(accelerator=accelerator, model=model, recipe=manager, steps_per_epoch=6,
-                              optimizer=optimizer)
-    callback = FullPrecisionForQuantization(trainer)
-    callback.on_step_begin(None, SimpleNamespace(global_step=5), None)  # epoch 0.83: still mixed precision
-    assert accelerator.native_amp and accelerator.scaler is not None and model.forward.__func__ is autocast_forward
-    callback.on_step_begin(None, SimpleNamespace(global_step=6), None)  # epoch 1.0: QAT starts
-    assert not accelerator.native_amp and accelerator.scaler is None and optimizer.scaler is None
-    assert model.forward.__func__ is original.__func__
+    under_autocast = []
+    model.bert.embeddings.register_forward_hook(
+        lambda module, inputs, output: under_autocast.append(torch.is_autocast_enabled("cpu")) if module.training
+        else None)
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=BATCH, bf16=True,
+                             use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True, seed=0)
+    trainer = SparseMLTrainer(model=model, args=args, train_dataset=random_qa_dataset(ROWS), recipe=recipe)
+    assert trainer.accelerator.native_amp  # mixed precision is on to begin with
+    trainer.train()
+    assert under_autocast == [True] * 6 + [False] * 6
+    assert not trainer.accelerator.native_amp and trainer.accelerator.scaler is None
+    assert not hasattr(trainer.model, "_original_forward")  # accelerate's autocast wrapper is gone from forward
 
 
 @pytest.mark.parametrize("modifier", ["GlobalMagnitudePruningModifier", "MovementPruningModifier"])
