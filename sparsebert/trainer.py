@@ -84,7 +84,10 @@ class SparseMLTrainer(Trainer):
 
     @property
     def targeted_names(self) -> list[str]:
-        """The current names of the parameters the recipe prunes."""
+        """The current names of the parameters the recipe prunes: as sparseml resolved them once train() started
+        the recipe, as the recipe's params patterns select them before."""
+        if self.recipe_run is not None and not self._recipe_started:
+            return targeted_parameter_names(self.recipe, self.model, self.recipe_path)
         names = {id(param): name for name, param in self.model.named_parameters()}
         return [names[id(param)] for param in self._targeted if id(param) in names]
 
