@@ -28,8 +28,9 @@ def unsupported_python(version=sys.version_info) -> "str | None":
             f"with, installs on Python {supported} only (get one with `uv python install 3.11`)")
 
 
-if unsupported_python() is not None:  # before any import that would fail on it with a traceback
-    print(unsupported_python(), file=sys.stderr)
+_refusal = unsupported_python()
+if _refusal is not None:  # before any import that would fail on it with a traceback
+    print(_refusal, file=sys.stderr)
     sys.exit(2)
 
 # sparseml 1.8 imports pkg_resources, which warns on every run: a one-line error would become three lines

@@ -82,10 +82,11 @@ def emulate_isa(model, isa: str):
         return name
 
     def as_double(name, zero_point, out):
+        """out: the input less its zero point, in float64; out_raw: the input itself."""
+        cast = helper.make_node("Cast", [name], [out + "_raw"], to=TensorProto.DOUBLE)
         if not zero_point:
-            return [helper.make_node("Cast", [name], [out], to=TensorProto.DOUBLE)]
-        return [helper.make_node("Cast", [name], [out + "_raw"], to=TensorProto.DOUBLE),
-                helper.make_node("Cast", [zero_point], [out + "_zero"], to=TensorProto.DOUBLE),
+            return [cast, helper.make_node("Identity", [out + "_raw"], [out])]
+        return [cast, helper.make_node("Cast", [zero_point], [out + "_zero"], to=TensorProto.DOUBLE),
                 helper.make_node("Sub", [out + "_raw", out + "_zero"], [out])]
 
     for index, node in enumerate(nodes):
@@ -103,9 +104,8 @@ def emulate_isa(model, isa: str):
             inner, outputs = weights[b].shape
             padded = inner + inner % 2
             pairs = np.pad(weights[b].astype(np.float64), ((0, padded - inner), (0, 0))).reshape(-1, 2, outputs)
-            new += [
-                helper.make_node("Cast", [a], [base + "_a_uint"], to=TensorProto.DOUBLE),
-                helper.make_node("Pad", [base + "_a_uint", constant(base + ".pads", np.array(
+            new += [  # the kernel multiplies the raw uint8 values
+                helper.make_node("Pad", [base + "_a_raw", constant(base + ".pads", np.array(
                     [0, 0, 0, 0, 0, padded - inner], np.int64))], [base + "_a_even"]),
                 helper.make_node("Reshape", [base + "_a_even", constant(base + ".pair_shape", np.array(
                     [0, 0, padded // 2, 2, 1], np.int64))], [base + "_a_pairs"]),
@@ -132,6 +132,9 @@ def with_int8_weights(model):
     import onnx
     from onnx import numpy_helper
 
+    def shift(values):
+        return (values.astype(np.int16) - 128).astype(np.int8)
+
     model = onnx.ModelProto.FromString(model.SerializeToString())
     initializers = {init.name: init for init in model.graph.initializer}
     for node in model.graph.node:
@@ -141,7 +144,6 @@ def with_int8_weights(model):
         if weight.dtype != np.uint8:
             continue
         zero_point = numpy_helper.to_array(initializers[node.input[3]])
-        shift = (lambda values: (values.astype(np.int16) - 128).astype(np.int8))
         initializers[node.input[1]].CopyFrom(numpy_helper.from_array(shift(weight), node.input[1]))
         signed_zero = node.input[1] + "_signed_zero_point"  # the zero point may be shared with an activation
         model.graph.initializer.append(numpy_helper.from_array(shift(zero_point), signed_zero))

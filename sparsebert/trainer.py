@@ -149,11 +149,10 @@ class SparseMLTrainer(Trainer):
                         f"{self.args.learning_rate:g}")
         return super().create_scheduler(num_training_steps, optimizer)
 
-    def train(self, *args, **kwargs):
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
         """Train; at the end the recipe lets go of the model (see finalize_recipe), unless a signal stopped
         training early to be resumed."""
-        resume = kwargs.pop("resume_from_checkpoint", args[0] if args else None)
-        args = args[1:]
+        resume = resume_from_checkpoint
         if resume is True:  # the Trainer's way of saying the newest checkpoint in output_dir
             resume = get_last_checkpoint(self.args.output_dir)
         self.training_clock.start(resume)
