@@ -205,12 +205,17 @@ def int8_layouts(model_dir, work, rounds):
 
 
 def layouts_markdown(result) -> str:
+    """One table per kind of CPU measured (the layouts differ in speed and in correctness by instruction set)."""
+    return "\n\n".join(_layouts_table(machine) for machine in result["machines"].values())
+
+
+def _layouts_table(machine) -> str:
     timed = {(r["measure"], r["precision"], r["sparsity"], r["layout"]): r["median_ms"]
-             for r in result["rows"] if "median_ms" in r}
-    departures = {(r["measure"], r["precision"], r["sparsity"]): r for r in result["rows"]
+             for r in machine["rows"] if "median_ms" in r}
+    departures = {(r["measure"], r["precision"], r["sparsity"]): r for r in machine["rows"]
                   if "int8_layout_max_abs_diff" in r}
     lines = [f"**INT8 weight layouts** (QA head, one-shot files; median ms per batch in onnxruntime, in brackets the "
-             f"speed-up against the dense FP32 file; {where(result['environment'])})", "",
+             f"speed-up against the dense FP32 file; {where(machine['environment'])})", "",
              "| measure | precision | sparsity | uint8 weights (shipped) | int8 weights | int8 weights' time | "
              "int8 weights vs exact: max abs diff, same answer position |", "|---|---|---|---|---|---|---|"]
     for measure, precision, sparsity in dict.fromkeys(key[:3] for key in timed if key[1] != "fp32"):
@@ -225,15 +230,21 @@ def layouts_markdown(result) -> str:
 
 
 def time_layouts(args):
-    """--int8_layouts: speed_int8_layouts.json and .md, and the README's section of that name."""
+    """--int8_layouts: speed_int8_layouts.json and .md, and the README's section of that name. Each kind of CPU
+    (instruction set) keeps its own entry: a run on another kind adds to the file, one on the same kind replaces
+    its entry."""
     model_dir = args.model_name_or_path or default_model()
     work = tempfile.mkdtemp(prefix="speed-")
     try:
         rows = int8_layouts(model_dir, work, args.rounds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    path = os.path.join(args.results_dir, "speed_int8_layouts.json")
+    machines = json.load(open(path))["machines"] if os.path.isfile(path) else {}
+    env = environment()
+    machines[env["isa"]] = {"environment": env, "rows": rows}
     result = {"model": "all-MiniLM-L6-v2" if not args.model_name_or_path else os.path.basename(model_dir),
-              "environment": environment(), "rows": rows}
+              "machines": machines}
     write_section(result, "speed_int8_layouts", layouts_markdown(result), args)
 
 
