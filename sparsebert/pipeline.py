@@ -176,11 +176,14 @@ def load_model(model_args, auto_model_class, config):
     """The model to train or evaluate: from_pretrained, or for a folder saved after quantization-aware training,
     its quantized structure (from the recipe.yaml beside it) before its weights."""
     from sparsebert.quantization import load_quantized_model, saved_quantization_recipe
+    from sparsebert.structure import is_compacted, load_compacted
 
     path = model_args.model_name_or_path
     manager = saved_quantization_recipe(path) if os.path.isdir(path) else None
     if manager is not None:
         return load_quantized_model(auto_model_class, path, config, manager)
+    if is_compacted(config):  # structurally pruned: widths per layer that plain from_pretrained cannot build
+        return load_or_refuse("--model_name_or_path", path, lambda: load_compacted(auto_model_class, path, config))
     return load_or_refuse("--model_name_or_path", path, lambda: auto_model_class.from_pretrained(
         path, config=config, cache_dir=model_args.cache_dir))
 

@@ -26,6 +26,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from sparsebert.errors import UsageError
 from sparsebert.recipe import load_recipe, quiet_sparseml_loggers
+from sparsebert.structure import empty_model
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def _disable_unsaved_fixed_range_quantizers(model, saved_keys) -> list[str]:
 def load_quantized_model(auto_model_class, folder: str, config, manager: ScheduledModifierManager):
     """Build the model from its config, give it the quantized structure the recipe's QuantizationModifier
     ends with, then load every saved weight, scale and zero point into it."""
-    model = auto_model_class.from_config(config)
+    model = empty_model(auto_model_class, config)  # (a structurally pruned model at its own widths)
     state = load_file(os.path.join(folder, "model.safetensors"))
     if any(".scores_matmul." in key for key in state):  # trained with quantizable attention
         install_quantizable_attention(model)

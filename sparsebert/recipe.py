@@ -17,6 +17,7 @@ from sparseml.pytorch.utils import LoggerManager, PythonLogger
 from sparseml.pytorch.utils.helpers import any_str_or_regex_matches_param_name
 from sparseml.utils.restricted_eval import UnknownVariableException
 
+import sparsebert.structured_pruning  # noqa: F401  (registers !StructuredPruningModifier with sparseml's YAML)
 from sparsebert.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,9 @@ SUPPORTED_MODIFIERS = {
     "SetLearningRateModifier": "owns the learning rate",
     "SetWeightDecayModifier": "",
     "DistillationModifier": "a teacher: --teacher_model_name_or_path (or --distill_teacher)",
+    "StructuredPruningModifier": "ours (sparsebert/structured_pruning.py): whole heads and FFN neurons, cut out of "
+                                 "the saved model; gradient samples from the training set for its taylor and fisher "
+                                 "scores",
     "QuantizationModifier": "INT8 quantization-aware training; the saved model reloads with its recipe.yaml, "
                             "--do_onnx_export writes integer ops",
 }
@@ -83,6 +87,10 @@ def load_recipe(path: str, variables: dict | None = None) -> ScheduledModifierMa
         raise UsageError(f"{FLAG} {path}: holds no modifiers")
     check_epoch_range(manager, path, variables)
     manager = _scheme_quantization_as_classic(manager, path)
+    kinds = {type(m).__name__ for m in _modifiers(manager)}
+    if "StructuredPruningModifier" in kinds and "QuantizationModifier" in kinds:
+        raise UsageError(f"{FLAG} {path}: !StructuredPruningModifier and !QuantizationModifier in one recipe: "
+                         f"quantize the compacted model in a second run (recipes/qat1epoch.yaml)")
     for modifier in _modifiers(manager):
         if type(modifier).__name__ == "LayerPruningModifier" and modifier.end_epoch != -1:
             raise UsageError(f"{FLAG} {path}: !LayerPruningModifier with end_epoch {modifier.end_epoch:g} would put "

@@ -23,11 +23,13 @@ from sparsebert.layer_dropping import (check_whole_layers, remove_skipped_layers
                                        replace_identity_layers)
 from sparsebert.quantization import install_quantizable_attention, quantization_modifiers
 from sparsebert.recipe import modifier_parameter_names, quiet_sparseml_loggers
+from sparsebert.structure import compact, layer_widths
+from sparsebert.structured_pruning import structured_pruning_modifiers
 
 logger = logging.getLogger(__name__)
 
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
-_GRADIENT_SAMPLING_MODIFIERS = ("OBSPruningModifier",)
+_GRADIENT_SAMPLING_MODIFIERS = ("OBSPruningModifier", "StructuredPruningModifier")
 
 
 class RecipeOptimizer(torch.optim.Optimizer):
@@ -131,6 +133,11 @@ class RecipeRun:
         for modifier in layer_pruners:
             check_whole_layers(model, modifier.layers, self.recipe_path)
             modifier.apply_structure(model, epoch=0.0, loggers=quiet_sparseml_loggers())
+        for modifier in structured_pruning_modifiers(self.manager):
+            try:
+                modifier.check_model(model)
+            except ValueError as err:
+                raise UsageError(f"--nm_prune_config {self.recipe_path}: !StructuredPruningModifier: {err}") from err
         if layer_pruners:
             skipped = replace_identity_layers(model)
             kept = len(encoder_layers(model)) - len(skipped)
@@ -171,13 +178,16 @@ class RecipeRun:
     @property
     def gradient_samplers(self) -> list:
         """The modifiers that prune with second-order information sampled from gradients (OBS)."""
-        return [m for m in self.manager.iter_modifiers() if type(m).__name__ in _GRADIENT_SAMPLING_MODIFIERS]
+        return [m for m in self.manager.iter_modifiers()
+                if type(m).__name__ in _GRADIENT_SAMPLING_MODIFIERS and getattr(m, "needs_gradients", True)]
 
     def check_fisher_memory(self, model, device):
         """OBS keeps a block of the inverse Fisher per weight: prunable weights x fisher_block_size x 4 bytes.
         Refuse before training what would not fit, rather than fail at the first pruning step."""
         needed = 0
         for modifier in self.gradient_samplers:
+            if not hasattr(modifier, "fisher_block_size"):  # structured scores keep one number per unit
+                continue
             names = set(modifier_parameter_names(modifier, model, self.recipe_path))
             weights = sum(p.numel() for n, p in model.named_parameters() if n in names)
             needed += weights * modifier.fisher_block_size * 4
@@ -236,11 +246,16 @@ class RecipeRun:
                                         student_inputs=student_inputs, teacher_inputs=teacher_inputs)
 
     def finalize(self, model):
-        """Detach the modifiers' hooks from the model (pruned zeros stay in the weights) and take the layers the
-        recipe removed out of the model for good, so it saves as an ordinary shallower one."""
+        """Detach the modifiers' hooks from the model (pruned zeros stay in the weights), take the layers the
+        recipe removed out of the model for good, so it saves as an ordinary shallower one, and cut the heads and
+        neurons structured pruning removed out of the weights (the config records the widths left)."""
         if self.manager.initialized:
             self.manager.finalize(model)
         remove_skipped_layers(model)
+        for modifier in structured_pruning_modifiers(self.manager):
+            if modifier.masks is not None:
+                compact(model, *modifier.masks)
+                logger.info(f"Compacted to (heads, FFN neurons) per layer: {layer_widths(model)}")
 
 
 def last_update_epoch(modifier, steps_per_epoch: int, steps: int) -> float | None:
