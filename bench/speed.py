@@ -248,8 +248,86 @@ def time_layouts(args):
     write_section(result, "speed_int8_layouts", layouts_markdown(result), args)
 
 
-def runners_for(path, inputs, use_deepsparse, copy_dir):
-    """engine -> a callable running the ONNX file at path on inputs (DeepSparse compiled for their shape)."""
+STRUCTURED_TARGETS = (2.0, 3.0, 4.0)
+
+
+def structured_speed(model_dir, work, rounds):
+    """Structured pruning's speed, before any training: the QA head's model cut one-shot (magnitude scores) to
+    each speed target of the 1x128 latency table built here, compacted and exported; each timed against the dense
+    FP32 file in onnxruntime and OpenVINO, with the table's estimate beside the measurement."""
+    import copy
+
+    from transformers import AutoConfig, AutoTokenizer
+
+    from sparsebert.latency import LatencyTable, table_for_model
+    from sparsebert.structure import compact, layer_widths, masks_from_zeros
+    from sparsebert.structured_pruning import magnitude_scores, select_by_latency
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    max_positions = AutoConfig.from_pretrained(model_dir).max_position_embeddings
+    outputs, throughput_shape = HEADS["qa"]
+    dense = load_model(model_dir, "qa").eval()
+    table = LatencyTable(table_for_model(dense, 1, min(128, max_positions), repeats=50))
+    files = {"dense": (export_onnx(dense, tokenizer, os.path.join(work, "dense"), outputs)["onnx_path"], None)}
+    for target in [t for t in STRUCTURED_TARGETS if t < table.max_speedup]:
+        model = copy.deepcopy(dense)
+        masks = select_by_latency(*magnitude_scores(model), *masks_from_zeros(model), table,
+                                  table.dense_ms / target)
+        compact(model, *masks)
+        report = export_onnx(model, tokenizer, os.path.join(work, f"x{target:g}"), outputs)
+        files[f"x{target:g}"] = (report["onnx_path"], {"target": target, "widths": layer_widths(model),
+                                                       "estimated_speedup": table.dense_ms / table.estimate_ms(
+                                                           layer_widths(model)),
+                                                       "parity_ok": report["parity_ok"]})
+    rows = []
+    for shape_name, shape in (("latency 1x128", (1, 128)),
+                              (f"throughput {throughput_shape[0]}x{throughput_shape[1]}", throughput_shape)):
+        inputs = batch(shape[0], min(shape[1], max_positions), tokenizer)
+        runners = {(name, engine): run for name, (path, _) in files.items()
+                   for engine, run in runners_for(path, inputs, False, work, use_openvino=True).items()}
+        timings = time_rounds(runners, rounds, 20 if shape[0] == 1 else 3)
+        for (name, engine), seconds in timings.items():
+            rows.append({"measure": shape_name, "model": name, "engine": engine, **(files[name][1] or {}),
+                         "median_ms": 1000 * statistics.median(seconds),
+                         "rounds_ms": [round(1000 * s, 3) for s in seconds]})
+    return {"table": table.table, "rows": rows}
+
+
+def structured_markdown(result) -> str:
+    rows = result["rows"]
+    base = {r["measure"]: r["median_ms"] for r in rows if r["model"] == "dense" and r["engine"] == "onnxruntime"}
+    lines = [f"**Structured pruning, speed only** (all-MiniLM-L6-v2 QA head cut one-shot to each target of a 1x128 "
+             f"onnxruntime latency table, magnitude scores, untrained; median ms per batch, in brackets the speed-up "
+             f"against the dense FP32 file in onnxruntime; {where(result['environment'])})", "",
+             "| model | (heads, FFN neurons) per layer | table's estimate | measure | onnxruntime | OpenVINO |",
+             "|---|---|---|---|---|---|"]
+    timed = {(r["model"], r["measure"], r["engine"]): r for r in rows}
+    for model, measure in dict.fromkeys((r["model"], r["measure"]) for r in rows):
+        first = timed[model, measure, "onnxruntime"]
+        widths = " ".join(f"({h},{n})" for h, n in first["widths"]) if "widths" in first else "dense"
+        estimate = f"{first['estimated_speedup']:.2f}x" if "estimated_speedup" in first else ""
+        cells = [f"{timed[model, measure, e]['median_ms']:.1f} ({base[measure] / timed[model, measure, e]['median_ms']:.2f}x)"
+                 for e in ("onnxruntime", "openvino")]
+        lines.append(f"| {model} | {widths} | {estimate} | {measure} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def time_structured(args):
+    """--structured: speed_structured.json and .md, and the README's section of that name."""
+    model_dir = args.model_name_or_path or default_model()
+    work = tempfile.mkdtemp(prefix="speed-")
+    try:
+        result = structured_speed(model_dir, work, args.rounds)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result = {"model": "all-MiniLM-L6-v2" if not args.model_name_or_path else os.path.basename(model_dir),
+              "environment": environment(), **result}
+    write_section(result, "speed_structured", structured_markdown(result), args)
+
+
+def runners_for(path, inputs, use_deepsparse, copy_dir, use_openvino=False):
+    """engine -> a callable running the ONNX file at path on inputs (DeepSparse compiled for their shape; OpenVINO
+    reads the same file on the CPU, latency hint)."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -267,6 +345,12 @@ def runners_for(path, inputs, use_deepsparse, copy_dir):
         engine = compile_model(copy, batch_size=shape[0], input_shapes=[list(shape)] * len(inputs))
         ordered = list(inputs.values())
         runners["deepsparse"] = lambda: engine.run(ordered)
+    if use_openvino:
+        import openvino
+
+        compiled = openvino.Core().compile_model(path, "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+        request = compiled.create_infer_request()
+        runners["openvino"] = lambda: request.infer(inputs)
     return runners
 
 
@@ -485,6 +569,8 @@ def main():
                         help="time inference only; keep the training-step figures of the last speed.json")
     parser.add_argument("--report_only", action="store_true",
                         help="time nothing: rewrite speed.md and the README section from the last speed.json")
+    parser.add_argument("--structured", action="store_true",
+                        help="structured pruning to 2x/3x/4x of a latency table, one-shot, in onnxruntime and OpenVINO")
     parser.add_argument("--int8_layouts", action="store_true",
                         help="time the INT8 files with uint8 weights (shipped) against int8 weights instead")
     parser.add_argument("--trained", nargs="+", metavar="EXPORT_DIR",
@@ -493,6 +579,8 @@ def main():
     if args.trained:
         time_trained(args)
         return
+    if args.structured:
+        return time_structured(args)
     if args.int8_layouts:
         time_layouts(args)
         return

@@ -88,6 +88,18 @@ def build_table(hidden: int, heads: int, head_size: int, neurons: int, layers: i
             "ffn_ms": {str(n): round(ms, 4) for n, ms in ffn.items()}}
 
 
+def _isotonic(values) -> np.ndarray:
+    """The closest non-decreasing sequence (least squares; pool adjacent violators): a timing's noise neither
+    makes a wider block look cheaper nor, as a running maximum would, lifts every wider block to one outlier."""
+    blocks = []  # [mean, count]
+    for value in values:
+        blocks.append([float(value), 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (mean_b, count_b), (mean_a, count_a) = blocks.pop(), blocks.pop()
+            blocks.append([(mean_a * count_a + mean_b * count_b) / (count_a + count_b), count_a + count_b])
+    return np.concatenate([[mean] * count for mean, count in blocks])
+
+
 class LatencyTable:
     """A table's estimates: times never fall as a block widens (the timings' noise is taken out), a removed layer
     costs nothing, and widths between the timed ones are interpolated."""
@@ -105,7 +117,7 @@ class LatencyTable:
     @staticmethod
     def _monotone(times: dict) -> tuple[np.ndarray, np.ndarray]:
         widths = np.array(sorted(int(w) for w in times))
-        values = np.maximum.accumulate(np.array([times[str(w)] for w in widths]))
+        values = _isotonic([times[str(w)] for w in widths])
         return np.concatenate([[0], widths]), np.concatenate([[0.0], values])
 
     def attention_ms(self, heads: float) -> float:

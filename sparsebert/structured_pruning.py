@@ -122,6 +122,9 @@ def select_by_latency(head_scores, neuron_scores, alive_heads, alive_neurons, ta
     """Remove units, the least score per millisecond saved first, until the table's estimate is within target_ms.
     Neurons go in steps of 1/48 of the layer's width (the table's resolution); a layer's last head and neurons go
     only together, as the whole layer. The last step is the smallest that reaches the target."""
+    if target_ms <= table.table["rest_ms"]:
+        raise ValueError(f"a target of {target_ms:.3g} ms is out of reach in {table.source}: the model without any "
+                         f"layer takes {table.table['rest_ms']:.3g} ms")
     head_masks = [a.clone() for a in alive_heads]
     neuron_masks = [a.clone() for a in alive_neurons]
     order_h = [sorted(torch.nonzero(a).squeeze(1).tolist(), key=lambda i, s=s: float(s[i]))
