@@ -1,5 +1,5 @@
 """Latency tables: what an encoder layer's attention costs with each number of heads, and its feed-forward block
-with each width, timed in the target runtime at one input shape. The structured pruning recipe's speed target is
+with each width, timed in the target runtime at one input shape (whole models, every layer cut alike). The structured pruning recipe's speed target is
 met against the table (as ZipLM does): a model's estimated time is the rest of the model plus each kept layer's
 attention and FFN times.
 
@@ -147,8 +147,8 @@ class LatencyTable:
                 raise ValueError(f"{self.source} was built for {key} {self.table[key]}, this model has {value}")
 
 
-def time_model_ms(model, batch: int, seq_len: int, repeats: int = 30) -> float:
-    """The whole model's time in onnxruntime at this shape (inputs: token ids and attention mask)."""
+def _model_session(model, batch: int, seq_len: int, folder: str):
+    """The model exported to ONNX in folder, as an onnxruntime session with its inputs (token ids and mask)."""
     import onnxruntime
 
     class Forward(nn.Module):
@@ -161,37 +161,83 @@ def time_model_ms(model, batch: int, seq_len: int, repeats: int = 30) -> float:
 
     ids = torch.randint(5, model.config.vocab_size, (batch, seq_len))
     mask = torch.ones_like(ids)
-    with tempfile.TemporaryDirectory() as folder, torch.no_grad():
-        path = os.path.join(folder, "model.onnx")
+    path = os.path.join(folder, f"model-{len(os.listdir(folder))}.onnx")
+    with torch.no_grad():
         torch.onnx.export(Forward(model.eval()), (ids, mask), path, input_names=["input_ids", "attention_mask"],
                           dynamo=False, opset_version=17)
-        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-        feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
-        for _ in range(3):
+    options = onnxruntime.SessionOptions()
+    # many sessions take turns here: threads left spinning after a run would slow the next session's
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    given = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+    return session, {i.name: given[i.name] for i in session.get_inputs()}  # (no layer left: no use for the mask)
+
+
+def time_models_ms(models: dict, batch: int, seq_len: int, rounds: int = 10, repeats: int = 5) -> dict:
+    """name -> median ms of each model in onnxruntime, timed in interleaved rounds so that a noisy machine's
+    drifts hit all of them alike."""
+    with tempfile.TemporaryDirectory() as folder:
+        sessions = {name: _model_session(model, batch, seq_len, folder) for name, model in models.items()}
+        seconds = {name: [] for name in sessions}
+        for session, feed in sessions.values():
             session.run(None, feed)
-        seconds = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            session.run(None, feed)
-            seconds.append(time.perf_counter() - started)
-    return 1000 * statistics.median(seconds)
+        for _ in range(rounds):
+            for name, (session, feed) in sessions.items():
+                started = time.perf_counter()
+                for _ in range(repeats):
+                    session.run(None, feed)
+                seconds[name].append((time.perf_counter() - started) / repeats)
+    return {name: 1000 * statistics.median(values) for name, values in seconds.items()}
+
+
+def _uniform_cut(model, heads: int, neurons: int):
+    """A copy of the model with every layer cut to its first `heads` heads and `neurons` neurons (0, 0: none)."""
+    import copy
+
+    from sparsebert.structure import compact, layer_units
+
+    cut = copy.deepcopy(model)
+    units = layer_units(cut)
+    head_masks = [torch.arange(u.num_heads) < heads for u in units]
+    neuron_masks = [torch.arange(u.num_neurons) < neurons for u in units]
+    return compact(cut, head_masks, neuron_masks)
 
 
 def table_for_model(model, batch: int = 1, seq_len: int = 128, repeats: int = 30, neuron_levels: int = 24) -> dict:
-    """The table for this model's shapes: its blocks timed one by one, and the rest of the model as the whole
-    model's time less its layers' estimate."""
+    """The table for this model's shapes, from whole models timed in onnxruntime: the model with no layer (the
+    rest), and with every layer cut to each head count (full FFN) and to each FFN width (all heads); a layer's
+    cost per width is the time above the rest, per layer. How a full layer splits between attention and FFN comes
+    from the two blocks timed alone (isolated blocks miss what the whole graph shares, so they set only that
+    split)."""
     from sparsebert.structure import layer_units
 
     units = layer_units(model)
     first = units[0]
-    hidden = first.query.in_features
-    table = build_table(hidden, first.num_heads, first.head_size, first.num_neurons, len(units), rest_ms=0.0,
-                        batch=batch, seq_len=seq_len, repeats=repeats, neuron_levels=neuron_levels)
-    whole = time_model_ms(model, batch, seq_len, repeats)
-    layers = LatencyTable(table).dense_ms
-    table["model_ms"] = round(whole, 4)
-    table["rest_ms"] = round(max(whole - layers, 0.02 * whole), 4)  # at least 2%: timing noise can exceed it
-    return table
+    hidden, heads, size, neurons, layers = (first.query.in_features, first.num_heads, first.head_size,
+                                            first.num_neurons, len(units))
+    torch.manual_seed(0)
+    inputs = (torch.randn(batch, seq_len, hidden), torch.zeros(batch, 1, 1, seq_len))
+    with tempfile.TemporaryDirectory() as folder, torch.no_grad():
+        attention_block = _time_onnxruntime(_Attention(hidden, heads, size), inputs, folder, repeats)
+        ffn_block = _time_onnxruntime(_FeedForward(hidden, neurons), inputs, folder, repeats)
+    attention_share = attention_block / (attention_block + ffn_block)
+    widths = sorted({max(1, round(neurons * level / neuron_levels)) for level in range(1, neuron_levels + 1)})
+    cuts = [(0, 0), (heads, neurons)] + [(h, neurons) for h in range(1, heads)] + \
+        [(heads, n) for n in widths if n != neurons]
+    timed = time_models_ms({cut: _uniform_cut(model, *cut) for cut in cuts}, batch, seq_len,
+                           rounds=max(3, repeats // 3))
+    rest = timed[0, 0]
+    per_layer = {cut: max(ms - rest, 0.0) / layers for cut, ms in timed.items()}
+    full = per_layer[heads, neurons]
+    attention_full, ffn_full = attention_share * full, (1 - attention_share) * full
+    floor = 1e-3 * full  # a width can never cost nothing: noise must not make it free
+    attention = {h: max(per_layer[h, neurons] - ffn_full, floor) for h in range(1, heads + 1)}
+    ffn = {n: max(per_layer[heads, n] - attention_full, floor) for n in widths}
+    return {"runtime": "onnxruntime", "batch": batch, "seq_len": seq_len, "hidden": hidden, "head_size": size,
+            "heads": heads, "neurons": neurons, "layers": layers, "rest_ms": round(rest, 4),
+            "model_ms": round(rest + layers * full, 4),
+            "attention_ms": {str(h): round(ms, 4) for h, ms in attention.items()},
+            "ffn_ms": {str(n): round(ms, 4) for n, ms in ffn.items()}}
 
 
 def main():
@@ -209,7 +255,7 @@ def main():
     write_json(args.output, table)
     estimate = LatencyTable(table)
     print(f"{args.output}: dense {estimate.dense_ms:.2f} ms at {args.batch}x{args.seq_len} in onnxruntime "
-          f"(whole model timed {table['model_ms']:.2f} ms); reachable speed-up up to {estimate.max_speedup:.1f}x")
+          f"(the whole dense model timed); reachable speed-up up to {estimate.max_speedup:.1f}x")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ model keeps their zeros (masks applied after every optimizer step) until the tra
 
 import logging
 import math
+import os
 
 import torch
 from sparseml.optim import ModifierProp
@@ -191,6 +192,8 @@ class StructuredPruningModifier(ScheduledUpdateModifier):
         self._score, self._num_grads = score, int(num_grads)
         self._grad_sampler_kwargs = grad_sampler_kwargs
         self._check_settings()
+        if latency_table and not os.path.isfile(latency_table):
+            raise ValueError(f"latency_table {latency_table}: no such file (build one with python -m sparsebert.latency)")
         self._table = LatencyTable.load(latency_table) if latency_table else None
         if self._table is not None and speedup > self._table.max_speedup:
             raise ValueError(f"speedup {speedup:g} is out of reach in {latency_table}: removing every layer gives "

@@ -235,3 +235,42 @@ def test_the_shipped_recipe_prunes_compacts_and_the_saved_model_reloads_and_expo
             == pytest.approx(json.load(open(output_dir / "eval_results.json"))["eval_f1"], abs=1e-9))
     model = load_compacted(AutoModelForQuestionAnswering, str(output_dir), config)
     assert layer_widths(model) == widths
+
+
+def test_a_speed_target_recipe_prunes_to_the_tables_estimate(qa_model_dir, squad_files, tmp_path):
+    """The speed-target recipe with the first-order score: the saved model is as fast as asked, by the table."""
+    table_path = tmp_path / "table.json"  # the tiny model's shapes, made-up times (a timed tiny model is all noise)
+    table_path.write_text(json.dumps(_table(layers=2).table))
+    output_dir = tmp_path / "out"
+    run_qa.main(qa_args(qa_model_dir, squad_files, output_dir, "--do_train", "--do_onnx_export",
+                        "--nm_prune_config", os.path.join(RECIPES, "structured_speedup.yaml"), "--recipe_args",
+                        json.dumps({"num_epochs": 8.0, "num_grads": 4, "grad_batch_size": 4, "speedup": 1.5,
+                                    "latency_table": str(table_path), "score": "taylor"}),
+                        "--teacher_model_name_or_path", qa_model_dir))
+    table = LatencyTable.load(str(table_path))
+    pruned = load_compacted(AutoModelForQuestionAnswering, str(output_dir), AutoConfig.from_pretrained(output_dir))
+    widths = layer_widths(pruned) + [(0, 0)] * (2 - len(layer_widths(pruned)))
+    assert 1.5 <= table.dense_ms / table.estimate_ms(widths) <= 1.1 * 1.5
+
+
+def test_a_compacted_export_answers_like_pytorch_in_openvino(tmp_path):
+    import openvino
+
+    from sparsebert.demo import make_tokenizer
+    from sparsebert.onnx_export import export_onnx, make_batch
+
+    model = _model("bert")
+    heads, neurons = _random_masks(model)
+    compact(model, heads, neurons)
+    tokenizer = make_tokenizer()
+    report = export_onnx(model, tokenizer, str(tmp_path), ("start_logits", "end_logits"))
+    assert report["parity_ok"]
+    batch = make_batch(tokenizer, batch_size=4, seq_len=32, seed=3)
+    compiled = openvino.Core().compile_model(report["onnx_path"], "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    results = compiled({name: batch[name].numpy() for name in ("input_ids", "attention_mask", "token_type_ids")})
+    with torch.no_grad():
+        expected = model.eval()(**batch)
+    for name in ("start_logits", "end_logits"):
+        got = torch.from_numpy(results[compiled.output(name)])
+        assert torch.equal(got.argmax(-1), getattr(expected, name).argmax(-1))
+        assert torch.allclose(got, getattr(expected, name), atol=1e-4)
