@@ -234,17 +234,13 @@ def time_layouts(args):
     (instruction set) keeps its own entry: a run on another kind adds to the file, one on the same kind replaces
     its entry."""
     model_dir = args.model_name_or_path or default_model()
-    work = tempfile.mkdtemp(prefix="speed-")
-    try:
+    with scratch_folder() as work:
         rows = int8_layouts(model_dir, work, args.rounds)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     path = os.path.join(args.results_dir, "speed_int8_layouts.json")
     machines = json.load(open(path))["machines"] if os.path.isfile(path) else {}
     env = environment()
     machines[env["isa"]] = {"environment": env, "rows": rows}
-    result = {"model": "all-MiniLM-L6-v2" if not args.model_name_or_path else os.path.basename(model_dir),
-              "machines": machines}
+    result = {"model": model_label(args, model_dir), "machines": machines}
     write_section(result, "speed_int8_layouts", layouts_markdown(result), args)
 
 
@@ -273,11 +269,10 @@ def structured_speed(model_dir, work, rounds):
         model = copy.deepcopy(dense)
         masks = select_by_latency(*magnitude_scores(model), *masks_from_zeros(model), table,
                                   table.dense_ms / target)
-        compact(model, *masks)
+        widths = layer_widths(compact(model, *masks))
         report = export_onnx(model, tokenizer, os.path.join(work, f"x{target:g}"), outputs)
-        files[f"x{target:g}"] = (report["onnx_path"], {"target": target, "widths": layer_widths(model),
-                                                       "estimated_speedup": table.dense_ms / table.estimate_ms(
-                                                           layer_widths(model)),
+        files[f"x{target:g}"] = (report["onnx_path"], {"target": target, "widths": widths,
+                                                       "estimated_speedup": table.dense_ms / table.estimate_ms(widths),
                                                        "parity_ok": report["parity_ok"]})
     rows = []
     for shape_name, shape in (("latency 1x128", (1, 128)),
@@ -306,8 +301,8 @@ def structured_markdown(result) -> str:
         first = timed[model, measure, "onnxruntime"]
         widths = " ".join(f"({h},{n})" for h, n in first["widths"]) if "widths" in first else "dense"
         estimate = f"{first['estimated_speedup']:.2f}x" if "estimated_speedup" in first else ""
-        cells = [f"{timed[model, measure, e]['median_ms']:.1f} ({base[measure] / timed[model, measure, e]['median_ms']:.2f}x)"
-                 for e in ("onnxruntime", "openvino")]
+        times = [timed[model, measure, engine]["median_ms"] for engine in ("onnxruntime", "openvino")]
+        cells = [f"{ms:.1f} ({base[measure] / ms:.2f}x)" for ms in times]
         lines.append(f"| {model} | {widths} | {estimate} | {measure} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -315,13 +310,9 @@ def structured_markdown(result) -> str:
 def time_structured(args):
     """--structured: speed_structured.json and .md, and the README's section of that name."""
     model_dir = args.model_name_or_path or default_model()
-    work = tempfile.mkdtemp(prefix="speed-")
-    try:
+    with scratch_folder() as work:
         result = structured_speed(model_dir, work, args.rounds)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    result = {"model": "all-MiniLM-L6-v2" if not args.model_name_or_path else os.path.basename(model_dir),
-              "environment": environment(), **result}
+    result = {"model": model_label(args, model_dir), "environment": environment(), **result}
     write_section(result, "speed_structured", structured_markdown(result), args)
 
 
@@ -591,10 +582,8 @@ def main():
             write_reports(json.load(handle), args.results_dir, readme=not args.no_readme)
         return
     model_dir = args.model_name_or_path or default_model()
-    model_label = os.path.basename(os.path.normpath(model_dir)) if args.model_name_or_path else "all-MiniLM-L6-v2"
     use_deepsparse = use_deepsparse_if_installed()
-    work = tempfile.mkdtemp(prefix="speed-")
-    try:
+    with scratch_folder() as work:
         if args.inference_only:
             with open(os.path.join(args.results_dir, "speed.json")) as handle:
                 last = json.load(handle)
@@ -602,13 +591,21 @@ def main():
         else:
             training = {"steps": args.train_steps, "rounds": min(args.rounds, 3), "environment": environment(),
                         **training_overhead(model_dir, min(args.rounds, 3), args.train_steps)}
-        result = {"model": model_label, "environment": environment(), "deepsparse": use_deepsparse,
+        result = {"model": model_label(args, model_dir), "environment": environment(), "deepsparse": use_deepsparse,
                   "training": training, "inference": inference(model_dir, work, args.rounds, use_deepsparse)}
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     os.makedirs(args.results_dir, exist_ok=True)
     write_json(os.path.join(args.results_dir, "speed.json"), result)
     write_reports(result, args.results_dir, readme=not args.no_readme)
+
+
+def scratch_folder():
+    """A temporary folder for the exported files, removed afterwards whatever happens."""
+    return tempfile.TemporaryDirectory(prefix="speed-", ignore_cleanup_errors=True)
+
+
+def model_label(args, model_dir) -> str:
+    """The model's name in the results: no path of the machine that timed it."""
+    return os.path.basename(os.path.normpath(model_dir)) if args.model_name_or_path else "all-MiniLM-L6-v2"
 
 
 def use_deepsparse_if_installed() -> bool:
@@ -627,11 +624,8 @@ def time_trained(args):
         for name in ("model.onnx", "onnx_parity.json", "sparsity_report.json"):
             if not os.path.isfile(os.path.join(folder, name)):
                 raise SystemExit(f"--trained {folder}: no {name} (an output_dir exported with --do_onnx_export?)")
-    work = tempfile.mkdtemp(prefix="speed-")
-    try:
+    with scratch_folder() as work:
         head, rows = trained_exports(folders, work, args.rounds, use_deepsparse_if_installed())
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     # each folder by its name (a benchmark row's): no path of the machine that timed it goes into the results
     name = {folder: os.path.basename(os.path.normpath(folder)) for folder in folders}
     rows = [{**row, "folder": name[row["folder"]]} for row in rows]

@@ -1,7 +1,7 @@
 """Latency tables: what an encoder layer's attention costs with each number of heads, and its feed-forward block
-with each width, timed in the target runtime at one input shape (whole models, every layer cut alike). The structured pruning recipe's speed target is
-met against the table (as ZipLM does): a model's estimated time is the rest of the model plus each kept layer's
-attention and FFN times.
+with each width, timed in the target runtime at one input shape (whole models, every layer cut alike). The
+structured pruning recipe's speed target is met against the table (as ZipLM does): a model's estimated time is the
+rest of the model plus each kept layer's attention and FFN times.
 
     python -m sparsebert.latency --model_name_or_path MODEL --output table.json [--batch 1 --seq_len 128]
 
@@ -20,9 +20,6 @@ import torch
 from torch import nn
 
 from sparsebert.jsonfile import write_json
-
-RUNTIMES = ("onnxruntime",)
-
 
 class _Attention(nn.Module):
     """Self-attention with `heads` heads of `head_size`, its output projection, residual and LayerNorm."""
@@ -49,43 +46,6 @@ class _FeedForward(nn.Module):
 
     def forward(self, hidden_states, mask):
         return self.norm(self.down(nn.functional.gelu(self.up(hidden_states))) + hidden_states)
-
-
-def _time_onnxruntime(module, inputs, folder, repeats):
-    import onnxruntime
-
-    path = os.path.join(folder, "block.onnx")
-    torch.onnx.export(module.eval(), inputs, path, input_names=["hidden", "mask"], dynamo=False, opset_version=17)
-    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    given = {"hidden": inputs[0].numpy(), "mask": inputs[1].numpy()}
-    feed = {i.name: given[i.name] for i in session.get_inputs()}  # (the FFN block has no use for the mask)
-    for _ in range(3):
-        session.run(None, feed)
-    seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        session.run(None, feed)
-        seconds.append(time.perf_counter() - started)
-    return 1000 * statistics.median(seconds)
-
-
-def build_table(hidden: int, heads: int, head_size: int, neurons: int, layers: int, rest_ms: float,
-                batch: int = 1, seq_len: int = 128, runtime: str = "onnxruntime", repeats: int = 30,
-                neuron_levels: int = 24) -> dict:
-    """Time one layer's attention at 1..heads heads and its FFN at `neuron_levels` widths up to `neurons`."""
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime {runtime!r}: tables are built for {', '.join(RUNTIMES)}")
-    torch.manual_seed(0)
-    inputs = (torch.randn(batch, seq_len, hidden), torch.zeros(batch, 1, 1, seq_len))
-    widths = sorted({max(1, round(neurons * level / neuron_levels)) for level in range(1, neuron_levels + 1)})
-    with tempfile.TemporaryDirectory() as folder, torch.no_grad():
-        attention = {h: _time_onnxruntime(_Attention(hidden, h, head_size), inputs, folder, repeats)
-                     for h in range(1, heads + 1)}
-        ffn = {n: _time_onnxruntime(_FeedForward(hidden, n), inputs, folder, repeats) for n in widths}
-    return {"runtime": runtime, "batch": batch, "seq_len": seq_len, "hidden": hidden, "head_size": head_size,
-            "heads": heads, "neurons": neurons, "layers": layers, "rest_ms": rest_ms,
-            "attention_ms": {str(h): round(ms, 4) for h, ms in attention.items()},
-            "ffn_ms": {str(n): round(ms, 4) for n, ms in ffn.items()}}
 
 
 def _isotonic(values) -> np.ndarray:
@@ -147,37 +107,38 @@ class LatencyTable:
                 raise ValueError(f"{self.source} was built for {key} {self.table[key]}, this model has {value}")
 
 
-def _model_session(model, batch: int, seq_len: int, folder: str):
-    """The model exported to ONNX in folder, as an onnxruntime session with its inputs (token ids and mask)."""
+class _Outputs(nn.Module):
+    """A transformers model as a module of two tensors in, a tuple out: what the exporter takes."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return tuple(self.model(input_ids=input_ids, attention_mask=attention_mask).values())
+
+
+def _session(module, inputs: dict, folder: str):
+    """The module exported to ONNX in folder, as an onnxruntime session with the inputs its graph kept."""
     import onnxruntime
 
-    class Forward(nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids, attention_mask):
-            return tuple(v for v in self.inner(input_ids=input_ids, attention_mask=attention_mask).values())
-
-    ids = torch.randint(5, model.config.vocab_size, (batch, seq_len))
-    mask = torch.ones_like(ids)
-    path = os.path.join(folder, f"model-{len(os.listdir(folder))}.onnx")
+    path = os.path.join(folder, f"{len(os.listdir(folder))}.onnx")
     with torch.no_grad():
-        torch.onnx.export(Forward(model.eval()), (ids, mask), path, input_names=["input_ids", "attention_mask"],
-                          dynamo=False, opset_version=17)
+        torch.onnx.export(module.eval(), tuple(inputs.values()), path, input_names=list(inputs), dynamo=False,
+                          opset_version=17)
     options = onnxruntime.SessionOptions()
     # many sessions take turns here: threads left spinning after a run would slow the next session's
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    given = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
-    return session, {i.name: given[i.name] for i in session.get_inputs()}  # (no layer left: no use for the mask)
+    # (an FFN block, or a model without layers, has no use for the mask: the graph drops it)
+    return session, {i.name: inputs[i.name].numpy() for i in session.get_inputs()}
 
 
-def time_models_ms(models: dict, batch: int, seq_len: int, rounds: int = 10, repeats: int = 5) -> dict:
-    """name -> median ms of each model in onnxruntime, timed in interleaved rounds so that a noisy machine's
-    drifts hit all of them alike."""
+def time_ms(modules: dict, rounds: int = 10, repeats: int = 5) -> dict:
+    """name -> (module, inputs by name) in; name -> median ms in onnxruntime out, timed in interleaved rounds
+    so that a noisy machine's drifts hit all of them alike."""
     with tempfile.TemporaryDirectory() as folder:
-        sessions = {name: _model_session(model, batch, seq_len, folder) for name, model in models.items()}
+        sessions = {name: _session(module, inputs, folder) for name, (module, inputs) in modules.items()}
         seconds = {name: [] for name in sessions}
         for session, feed in sessions.values():
             session.run(None, feed)
@@ -216,18 +177,19 @@ def table_for_model(model, batch: int = 1, seq_len: int = 128, repeats: int = 30
     hidden, heads, size, neurons, layers = (first.query.in_features, first.num_heads, first.head_size,
                                             first.num_neurons, len(units))
     torch.manual_seed(0)
-    inputs = (torch.randn(batch, seq_len, hidden), torch.zeros(batch, 1, 1, seq_len))
-    with tempfile.TemporaryDirectory() as folder, torch.no_grad():
-        attention_block = _time_onnxruntime(_Attention(hidden, heads, size), inputs, folder, repeats)
-        ffn_block = _time_onnxruntime(_FeedForward(hidden, neurons), inputs, folder, repeats)
-    attention_share = attention_block / (attention_block + ffn_block)
+    block_inputs = {"hidden": torch.randn(batch, seq_len, hidden), "mask": torch.zeros(batch, 1, 1, seq_len)}
+    ids = torch.randint(5, model.config.vocab_size, (batch, seq_len))
+    model_inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     widths = sorted({max(1, round(neurons * level / neuron_levels)) for level in range(1, neuron_levels + 1)})
     cuts = [(0, 0), (heads, neurons)] + [(h, neurons) for h in range(1, heads)] + \
         [(heads, n) for n in widths if n != neurons]
-    timed = time_models_ms({cut: _uniform_cut(model, *cut) for cut in cuts}, batch, seq_len,
-                           rounds=max(3, repeats // 3))
+    timed = time_ms({"attention block": (_Attention(hidden, heads, size), block_inputs),
+                     "ffn block": (_FeedForward(hidden, neurons), block_inputs),
+                     **{cut: (_Outputs(_uniform_cut(model, *cut)), model_inputs) for cut in cuts}},
+                    rounds=max(3, repeats // 3))
+    attention_share = timed["attention block"] / (timed["attention block"] + timed["ffn block"])
     rest = timed[0, 0]
-    per_layer = {cut: max(ms - rest, 0.0) / layers for cut, ms in timed.items()}
+    per_layer = {cut: max(timed[cut] - rest, 0.0) / layers for cut in cuts}
     full = per_layer[heads, neurons]
     attention_full, ffn_full = attention_share * full, (1 - attention_share) * full
     floor = 1e-3 * full  # a width can never cost nothing: noise must not make it free

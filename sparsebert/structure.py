@@ -81,10 +81,6 @@ def layer_units(model) -> list[LayerUnits]:
             for layer in encoder_layers(model)]
 
 
-def head_rows(units: LayerUnits, head: int) -> slice:
-    return slice(head * units.head_size, (head + 1) * units.head_size)
-
-
 # ---- masks: which units each layer keeps ---------------------------------------------------------------------
 
 @torch.no_grad()

@@ -93,14 +93,23 @@ def gradient_scores(model, grad_sampler: GradSampler, num_grads: int, kind: str)
 
 # ---- selection -----------------------------------------------------------------------------------------------
 
-def _keep_one_of_each(head_masks, neuron_masks, head_scores, neuron_scores):
-    """A layer keeping units of one kind only gets back its best unit of the other (or loses both when it keeps
-    nothing): transformers' layers have no form without heads or without neurons."""
-    for heads, neurons, h_score, n_score in zip(head_masks, neuron_masks, head_scores, neuron_scores):
+def _best_alive(scores, alive) -> int:
+    return int(torch.where(alive, scores, torch.tensor(-math.inf)).argmax())
+
+
+def _keep_one_of_each(head_masks, neuron_masks, head_scores, neuron_scores, alive_heads, alive_neurons):
+    """A layer keeping units of one kind only gets back its best unit of the other still there (or loses both when
+    it keeps nothing): transformers' layers have no form without heads or without neurons."""
+    for layer, (heads, neurons) in enumerate(zip(head_masks, neuron_masks)):
         if heads.any() and not neurons.any():
-            neurons[n_score.argmax()] = True
+            neurons[_best_alive(neuron_scores[layer], alive_neurons[layer])] = True
         elif neurons.any() and not heads.any():
-            heads[h_score.argmax()] = True
+            heads[_best_alive(head_scores[layer], alive_heads[layer])] = True
+
+
+def kept_count(alive: list[torch.Tensor], share: float) -> int:
+    """How many units of a kind a share keeps: of all the model had, never more than are still there."""
+    return min(int(sum(a.sum() for a in alive)), round(share * sum(a.numel() for a in alive)))
 
 
 def select_by_share(head_scores, neuron_scores, alive_heads, alive_neurons, heads_kept: float, neurons_kept: float):
@@ -108,13 +117,12 @@ def select_by_share(head_scores, neuron_scores, alive_heads, alive_neurons, head
     def top(scores, alive, share):
         flat = torch.cat([torch.where(a, s, torch.tensor(-math.inf)) for s, a in zip(scores, alive)])
         keep = torch.zeros_like(flat, dtype=torch.bool)
-        count = min(int(sum(a.sum() for a in alive)), round(share * flat.numel()))
-        keep[torch.topk(flat, count).indices] = True
+        keep[torch.topk(flat, kept_count(alive, share)).indices] = True
         return list(keep.split([s.numel() for s in scores]))
 
     head_masks = top(head_scores, alive_heads, heads_kept)
     neuron_masks = top(neuron_scores, alive_neurons, neurons_kept)
-    _keep_one_of_each(head_masks, neuron_masks, head_scores, neuron_scores)
+    _keep_one_of_each(head_masks, neuron_masks, head_scores, neuron_scores, alive_heads, alive_neurons)
     return head_masks, neuron_masks
 
 
@@ -193,7 +201,8 @@ class StructuredPruningModifier(ScheduledUpdateModifier):
         self._grad_sampler_kwargs = grad_sampler_kwargs
         self._check_settings()
         if latency_table and not os.path.isfile(latency_table):
-            raise ValueError(f"latency_table {latency_table}: no such file (build one with python -m sparsebert.latency)")
+            raise ValueError(f"latency_table {latency_table}: no such file (build one with python -m "
+                             f"sparsebert.latency)")
         self._table = LatencyTable.load(latency_table) if latency_table else None
         if self._table is not None and speedup > self._table.max_speedup:
             raise ValueError(f"speedup {speedup:g} is out of reach in {latency_table}: removing every layer gives "
@@ -297,11 +306,7 @@ class StructuredPruningModifier(ScheduledUpdateModifier):
         self.prune(module, self.kept_fraction(epoch))
 
     def prune(self, model, progress: float):
-        """Prune to the schedule's level at `progress` (0: dense, 1: the target)."""
-        if self._head_masks is None:
-            self._head_masks, self._neuron_masks = masks_from_zeros(model)
-        if progress <= 0:
-            return
+        """Prune to the schedule's level at `progress` (0: dense, 1: the target); after initialize."""
         alive = sum(int(m.sum()) for m in self._head_masks + self._neuron_masks)
         if self._speedup is not None:
             dense_ms = self._table.dense_ms
@@ -309,12 +314,15 @@ class StructuredPruningModifier(ScheduledUpdateModifier):
             current = [(int(h.sum()), int(n.sum())) for h, n in zip(self._head_masks, self._neuron_masks)]
             if self._table.estimate_ms(current) <= target_ms:
                 return
+        else:
+            heads = 1 - progress * (1 - self._heads_kept)
+            neurons = 1 - progress * (1 - self._neurons_kept)
+            if kept_count(self._head_masks, heads) + kept_count(self._neuron_masks, neurons) == alive:
+                return  # the units are already at this level (the start; a resumed run's first update)
         scores = self.unit_scores(model)
         if self._speedup is not None:
             masks = select_by_latency(*scores, self._head_masks, self._neuron_masks, self._table, target_ms)
         else:
-            heads = 1 - progress * (1 - self._heads_kept)
-            neurons = 1 - progress * (1 - self._neurons_kept)
             masks = select_by_share(*scores, self._head_masks, self._neuron_masks, heads, neurons)
         self._head_masks, self._neuron_masks = masks
         apply_masks(model, *masks)
