@@ -304,6 +304,39 @@ def plot_cost(all_results: list, path: str):
     plt.close(figure)
 
 
+def extra_tables(results: dict) -> list[str]:
+    """The tables shown under a benchmark's main one, where its rows give them anything to show."""
+    return [extra for extra in (structured_table(results), goals_table(results), findings_table(results)) if extra]
+
+
+def structured_table(results: dict) -> str:
+    """The structured rows: the widths they kept, the share of the dense score, and the speed of their own export
+    against the dense FP32 export in onnxruntime, timed side by side when the row finished."""
+    table = results["table"]
+    rows = {name: row for name, row in results["rows"].items() if row.get("speed")}
+    dense = results["rows"].get("dense")
+    if not rows:
+        return ""
+    column, key = METRICS[table][0]
+    first = next(iter(rows.values()))
+    measures = list(first["speed"]["speedup"])
+    header = ["row", "(heads, FFN neurons) per layer", "parameters", column, "of dense"]
+    header += [f"{engine} {measure}" for measure in measures for engine in ("onnxruntime", "OpenVINO")]
+    lines = [f"**Structured rows: speed-ups of each row's own export over the dense FP32 export in onnxruntime** "
+             f"({first['speed']['where']})", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, row in rows.items():
+        score = row["metrics"].get(key)
+        share = f"{100 * score / dense['metrics'][key]:.1f}%" if dense and score is not None else "-"
+        widths = " ".join(f"({h},{n})" for h, n in row.get("widths", [])) or "dense"
+        cells = [name, widths, f"{row['parameters']:,}",
+                 f"{_percent(table, score):.2f}" if score is not None else "-", share]
+        cells += [f"{row['speed']['speedup'][measure][engine]:.2f}x" for measure in measures
+                  for engine in ("onnxruntime", "openvino")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _dense_parameters(results):
     dense = results["rows"].get("dense")
     return dense["nonzero_parameters"] if dense else max(r["parameters"] for r in results["rows"].values())
@@ -320,9 +353,8 @@ def regenerate(results_dir: str, readme: str | None = None):
         with open(os.path.join(results_dir, f"{results['table']}.md"), "w") as handle:
             handle.write(f"**{TITLES.get(results['table'], results['table'])}** — {results['budget']}\n\n")
             handle.write(markdown_table(results) + "\n")
-            for extra in (goals_table(results), findings_table(results)):
-                if extra:
-                    handle.write(f"\n{extra}\n")
+            for extra in extra_tables(results):
+                handle.write(f"\n{extra}\n")
     order = list(METRICS)
     all_results.sort(key=lambda r: order.index(r["table"]) if r["table"] in order else len(order))
     plot(all_results, os.path.join(results_dir, "accuracy_vs_sparsity.png"))
@@ -347,7 +379,7 @@ def _update_readme(readme, all_results):
     for results in all_results:
         if results["table"] == "tiny":
             continue
-        extras = "".join(f"\n\n{extra}" for extra in (goals_table(results), findings_table(results)) if extra)
+        extras = "".join(f"\n\n{extra}" for extra in extra_tables(results))
         sections.append(f"**{TITLES.get(results['table'], results['table'])}** — {results['budget']}\n\n"
                         + markdown_table(results) + extras)
     body = "\n\n".join(sections) or "_No benchmark row has finished yet._"

@@ -33,6 +33,7 @@ from bench.report import regenerate  # noqa: E402
 from sparsebert.jsonfile import write_json  # noqa: E402
 from sparsebert.pipeline import last_complete_checkpoint  # noqa: E402
 from sparsebert.recipe import load_recipe  # noqa: E402
+from sparsebert.structured_pruning import StructuredPruningModifier  # noqa: E402
 
 
 @dataclass
@@ -85,14 +86,33 @@ def int8_rows():
     return rows
 
 
+# the structured rows' speed targets are met against this table (python -m sparsebert.latency), built for the default
+# model at batch 1 x 128 on the benchmark's machine when it is missing; it names the CPU it was timed on
+LATENCY_TABLE = os.path.join("bench", "latency", "all-MiniLM-L6-v2-onnxruntime-1x128.json")
+STRUCTURED_SPEEDUPS = (2, 3, 4)
+
+
+def structured_rows(lr_args=None, sampling_args=None):
+    """Heads and FFN neurons pruned from the fine-tuned dense model to each speed target of the latency table
+    (recipes/structured_speedup.yaml, fisher scores, distilled from the dense model), then each one's INT8 version
+    (one epoch of QAT on the compacted model, as the other INT8 rows)."""
+    rows = [Row(f"ft_struct{s}x_distill", "structured_speedup.yaml", "structured from fine-tuned",
+                {**(lr_args or {}), **(sampling_args or {}), "speedup": float(s), "latency_table": LATENCY_TABLE},
+                teacher="dense", start_from="dense") for s in STRUCTURED_SPEEDUPS]
+    rows += [Row(f"ft_struct{s}x_distill_int8", "qat1epoch.yaml", "structured from fine-tuned + INT8",
+                 teacher="dense", start_from=f"ft_struct{s}x_distill") for s in STRUCTURED_SPEEDUPS]
+    return rows
+
+
 def recovery_budget(learning_rates: str) -> str:
     """How the rows of the SQuAD and SST-2 tables differ in schedule."""
     return ("2 epochs a row unless its epochs column says otherwise. The seed's rows start from the pretrained model "
             "(GMP over epoch 0-1, one-shot at step 0); the recovery rows (ft_*) start from the dense row and follow "
             "their recipe: pruning steps over the first 3/4 of training, the learning rate restarted at each "
             f"({learning_rates}), masks fixed after; obs_oneshot80 prunes the dense row with no training; an INT8 "
-            "row is 1 epoch of QAT on the row it names. Distillation from the dense row: hardness 1.0, temperature "
-            "2.0")
+            "row is 1 epoch of QAT on the row it names; a structured row (ft_struct*) prunes heads and FFN neurons "
+            f"from the dense row to its speed-up in {LATENCY_TABLE} on the recovery schedule, then is compacted. "
+            "Distillation from the dense row: hardness 1.0, temperature 2.0")
 
 
 def tables(data_dir, model):
@@ -113,13 +133,15 @@ def tables(data_dir, model):
             # OBS: 2 windows a gradient instead of 8, as many tokens as 8 SST-2 sentences; with 8, one-shot's
             # sampling alone would pass 32,768 windows of 256 tokens forward and backward (~1.5 h here), and each
             # recovery row's 7 rounds 14,336, more than an epoch
-            method_rows() + recovery_rows(obs_args={"grad_batch_size": 2}) + int8_rows(),
+            method_rows() + recovery_rows(obs_args={"grad_batch_size": 2}) + int8_rows()
+            + structured_rows(sampling_args={"grad_batch_size": 2}),
             "train: 44 articles of the official train set (11,877 questions); eval: the full official dev set "
             "(10,570); max_seq_length 256, doc_stride 128, batch 16, lr 1e-4, " + recovery_budget("1e-4 to 1e-5")),
         "sst2": ("run_glue.py", common + [
             "--task_name", "sst2", "--glue_data_dir", os.path.join(glue, "SST-2"), "--max_seq_length", "64",
             "--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "128", "--learning_rate", "5e-5"],
-            method_rows() + recovery_rows({"init_lr": 5e-5, "final_lr": 5e-6}) + int8_rows(),
+            method_rows() + recovery_rows({"init_lr": 5e-5, "final_lr": 5e-6}) + int8_rows()
+            + structured_rows({"init_lr": 5e-5, "final_lr": 5e-6}),
             "train: the full SST-2 train set (67,349); eval: dev (872); max_seq_length 64, batch 32, lr 5e-5, "
             + recovery_budget("5e-5 to 5e-6")),
         **{task: ("run_glue.py", common + [
@@ -149,7 +171,10 @@ def tiny_tables(work_dir):
             Row("ft_gmp80_distill", "finetuned_gmp80.yaml", "GMP from fine-tuned",
                 {"num_epochs": 4.0, "init_lr": 1e-3, "final_lr": 1e-4}, teacher="dense", start_from="dense"),
             Row("ft_gmp80_distill_int8", "qat1epoch.yaml", "GMP from fine-tuned + INT8", {"init_lr": 1e-4},
-                teacher="dense", start_from="ft_gmp80_distill")]
+                teacher="dense", start_from="ft_gmp80_distill"),
+            Row("ft_struct50_distill", "structured_kept50.yaml", "structured from fine-tuned",
+                {"num_epochs": 8.0, "init_lr": 1e-3, "final_lr": 1e-4, "num_grads": 4, "grad_batch_size": 4},
+                teacher="dense", start_from="dense")]
     return {"tiny": ("run_qa.py", common, rows, "the built-in demo: 80 questions, 1 epoch")}
 
 
@@ -192,6 +217,7 @@ def run_row(script, common, row, work_dir, table, budget):
     results, report, state = read("all_results.json"), read("sparsity_report.json"), read("trainer_state.json")
     parity = read("onnx_parity.json")
     config = read("config.json")
+    structured = row.method.startswith("structured")
     return {
         **asdict(row),
         "table": table,
@@ -216,7 +242,61 @@ def run_row(script, common, row, work_dir, table, budget):
         "int8_saturating_products_without_vnni": parity.get("saturating_products_without_vnni"),
         "start_points": start_points(row, work_dir, table),
         "environment": environment(),
+        **(structured_record(output_dir, os.path.join(work_dir, table, "dense"), script,
+                             row.recipe_args.get("latency_table")) if structured else {}),
     }
+
+
+SPEED_SHAPES = {"run_qa.py": ((1, 128), (16, 384)), "run_glue.py": ((1, 128), (32, 64))}
+
+
+def structured_record(output_dir, dense_dir, script, latency_table=None) -> dict:
+    """A structured row's widths, its export timed side by side with the dense row's in onnxruntime and OpenVINO
+    (f32) at batch-1 latency and the head's throughput shape, and with a speed target, the latency table's estimate
+    of its speed-up."""
+    from transformers import AutoConfig
+
+    from sparsebert.latency import LatencyTable
+    from sparsebert.structure import config_widths
+
+    config = AutoConfig.from_pretrained(output_dir)
+    widths = config_widths(config)
+    shapes = [(size, min(length, config.max_position_embeddings)) for size, length in SPEED_SHAPES[script]]
+    record = {"widths": widths,
+              "speed": export_speedups(os.path.join(output_dir, "model.onnx"), os.path.join(dense_dir, "model.onnx"),
+                                       dense_dir, shapes)}
+    if latency_table:
+        table = LatencyTable.load(os.path.join(REPO, latency_table))
+        padded = widths + [(0, 0)] * (table.table["layers"] - len(widths))  # removed layers
+        record["estimated_speedup"] = table.dense_ms / table.estimate_ms(padded)
+    return record
+
+
+def export_speedups(path, dense_path, tokenizer_dir, shapes, rounds=5) -> dict:
+    """Speed-ups of the file at path over the dense FP32 file in onnxruntime, each engine, each shape; alternating
+    rounds in one run."""
+    import statistics
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    from bench.speed import batch, runners_for, time_rounds, where
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    speedup, median_ms = {}, {}
+    with tempfile.TemporaryDirectory() as work:
+        for size, length in shapes:
+            inputs = batch(size, length, tokenizer)
+            runners = {(name, engine): run for name, file in (("dense", dense_path), ("row", path))
+                       for engine, run in runners_for(file, inputs, False, work, use_openvino=True).items()}
+            medians = {key: 1000 * statistics.median(seconds)
+                       for key, seconds in time_rounds(runners, rounds, 20 if size == 1 else 3).items()}
+            base = medians["dense", "onnxruntime"]
+            measure = f"{size}x{length}"
+            speedup[measure] = {engine: base / medians["row", engine] for engine in ("onnxruntime", "openvino")}
+            speedup[measure]["dense_openvino"] = base / medians["dense", "openvino"]
+            median_ms[measure] = {f"{name} {engine}": ms for (name, engine), ms in medians.items()}
+    return {"speedup": speedup, "median_ms": median_ms, "where": where(environment())}
 
 
 def portable_command(command, work_dir) -> list:
@@ -252,10 +332,12 @@ def start_points(row: Row, work_dir, table) -> dict:
 
 
 def pruning_epochs(recipe_path, recipe_args) -> float:
-    """Epochs over which the recipe raises sparsity (0 for dense and one-shot recipes)."""
+    """Epochs over which the recipe raises sparsity or removes heads and neurons (0 for dense and one-shot
+    recipes)."""
     manager = load_recipe(recipe_path, recipe_args)
     spans = [(m.start_epoch, m.end_epoch) for m in manager.iter_modifiers()  # (constant pruning raises nothing)
-             if getattr(m, "init_sparsity", None) is not None and m.init_sparsity != m.final_sparsity]
+             if getattr(m, "init_sparsity", None) is not None and m.init_sparsity != m.final_sparsity
+             or isinstance(m, StructuredPruningModifier)]
     return max(end for _, end in spans) - min(start for start, _ in spans) if spans else 0.0
 
 
@@ -321,6 +403,8 @@ def main():
         selected = {name: spec for name, spec in tables(args.data_dir, model).items()
                     if not args.tables or name in args.tables}
     readme = None if args.no_readme or args.tiny else os.path.join(REPO, "README.md")
+    if not args.tiny and not args.start_points_only:
+        ensure_latency_table(selected, args.rows, model)
     for table, (script, common, rows, budget) in selected.items():
         path = os.path.join(args.results_dir, f"{table}.json")
         results = json.load(open(path)) if os.path.isfile(path) else {"table": table, "budget": budget, "rows": {}}
@@ -349,6 +433,22 @@ def main():
             write_json(path, results)  # each row is kept the moment it is done
             regenerate(args.results_dir, readme)
     regenerate(args.results_dir, readme)
+
+
+def ensure_latency_table(selected, row_names, model):
+    """Build LATENCY_TABLE for the model on this machine when a selected row needs it and it is missing."""
+    needed = any(row.recipe_args.get("latency_table") == LATENCY_TABLE for _, _, rows, _ in selected.values()
+                 for row in rows if not row_names or row.name in row_names)
+    path = os.path.join(REPO, LATENCY_TABLE)
+    if not needed or os.path.isfile(path):
+        return
+    from transformers import AutoModel
+
+    from sparsebert.latency import table_for_model
+
+    print(f"[bench] building {LATENCY_TABLE} (onnxruntime, 1x128) on this machine", flush=True)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_json(path, {**table_for_model(AutoModel.from_pretrained(model), 1, 128), "environment": environment()})
 
 
 def retrain_missing_start_points(row, by_name, script, common, work_dir, table, budget):

@@ -194,6 +194,15 @@ def record_widths(model):
                                for index, (heads, neurons) in enumerate(widths)}
 
 
+def config_widths(config) -> list[tuple[int, int]]:
+    """(heads, FFN neurons) of each layer, as a config records them."""
+    family = _FAMILIES[config.model_type]
+    if is_compacted(config):
+        return [(getattr(layer, family["heads_attr"]), getattr(layer, family["width_attr"]))
+                for layer in config.per_layer_config]
+    return [(getattr(config, family["heads_attr"]), getattr(config, family["width_attr"]))] * config.num_hidden_layers
+
+
 def is_compacted(config) -> bool:
     return bool(getattr(config, "is_heterogeneous", False)) and getattr(config, "head_dim", None) is not None
 
@@ -208,8 +217,7 @@ def empty_model(auto_model_class, config):
     if not is_compacted(config):
         return build(config)
     family = _FAMILIES[config.model_type]
-    widths = [(getattr(layer, family["heads_attr"]), getattr(layer, family["width_attr"]))
-              for layer in config.per_layer_config]
+    widths = config_widths(config)
     full = copy.deepcopy(config)
     full.per_layer_config = None  # the global values are the widths before pruning
     model = build(full)

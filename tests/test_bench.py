@@ -35,6 +35,13 @@ def test_tiny_benchmark_writes_rows_and_resumes(tmp_path):
     assert recovery["start_points"]["dense"]["metrics"] == dense["metrics"]
     assert recovery["start_points"]["dense"]["train_runtime_s"] == dense["train_runtime_s"]
 
+    # a structured row records the widths it kept and its export's speed beside the dense export's, per engine
+    structured = table["rows"]["ft_struct50_distill"]
+    assert sum(h for h, _ in structured["widths"]) == 4 and structured["parameters"] < dense["parameters"]
+    assert set(structured["speed"]["speedup"]) == {"1x128", "16x128"}
+    assert all(value > 0 for shape in structured["speed"]["speedup"].values() for value in shape.values())
+    assert "| ft_struct50_distill | " in markdown and "Structured rows" in markdown
+
     # finished rows are not run again
     again = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert again.returncode == 0 and "[bench]" not in again.stdout
