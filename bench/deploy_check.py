@@ -1,9 +1,12 @@
 #!/usr/bin/env python
 """Do our export folders run where users deploy them? Build the deployment environment (DeepSparse 1.8 and its
 transformers pipelines, from bench/deploy-requirements.txt: they cannot share our environment), point DeepSparse's
-own Pipeline at each folder, and compare its answers on real dev examples with our PyTorch model's.
+own Pipeline at each folder, and compare its answers on real dev examples with our PyTorch model's. With
+--engine openvino, the folder's model.onnx runs in OpenVINO (the maintained, Apache-2.0 runtime; f32) under our
+own windowing and post-processing, as a user serving the file would (no second environment needed).
 
     python bench/deploy_check.py --data_dir ../shared/data --qa squad/dense --sst2 sst2/dense sst2/dense_int8
+    python bench/deploy_check.py --engine openvino --data_dir ../shared/data --qa squad/ft_struct3x_distill
 
 A folder is a path, or a row of the benchmark's work folder (bench/run.py --work_dir: `sst2/dense`). Each folder
 needs what training with --do_onnx_export leaves there: the model (for the PyTorch side), model.onnx,
@@ -35,6 +38,7 @@ AGREEMENT = 0.99
 QA_SETTINGS = {"sequence_length": 256, "doc_stride": 128, "max_question_length": 64, "max_answer_length": 30,
                "n_best_size": 20}
 SST2_SETTINGS = {"sequence_length": 64}
+ENGINES = {"deepsparse": "DeepSparse (end-of-life, evaluation licence)", "openvino": "OpenVINO"}
 EXAMPLES = {"qa": 1000, "sst2": None}  # default examples per folder (None: the whole dev set, SST-2's 872)
 
 
@@ -78,6 +82,63 @@ def deepsparse_predictions(python, task, folder, examples, settings, work) -> di
                     json.dumps(settings)], check=True)
     with open(predictions_path) as handle:
         return json.load(handle)
+
+
+def openvino_session(folder: str):
+    """The folder's model.onnx compiled by OpenVINO for the CPU, in f32 (on CPUs with bf16 units it would otherwise
+    compute in bf16): a callable from the tokenizer's inputs to the outputs by name."""
+    import openvino
+
+    compiled = openvino.Core().compile_model(os.path.join(folder, "model.onnx"), "CPU",
+                                             {"INFERENCE_PRECISION_HINT": "f32"})
+    accepted = {port.get_any_name() for port in compiled.inputs}
+
+    def run(inputs: dict) -> dict:
+        results = compiled({name: value for name, value in inputs.items() if name in accepted})
+        return {port.get_any_name(): results[port] for port in compiled.outputs}
+
+    return run
+
+
+def openvino_qa_predictions(folder, examples, settings) -> dict:
+    """OpenVINO's answers as a user serving the export would give them: our windowing of the contexts
+    (utils_qa), the file run in OpenVINO, our post-processing of its logits."""
+    import numpy as np
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from run_qa import DataTrainingArguments
+    from utils_qa import postprocess_qa_predictions, tokenize_squad
+
+    data_args = DataTrainingArguments(max_seq_length=settings["sequence_length"], doc_stride=settings["doc_stride"],
+                                      max_query_length=settings["max_question_length"], pad_to_max_length=True)
+    examples = Dataset.from_list(examples)
+    features = tokenize_squad(examples, AutoTokenizer.from_pretrained(folder), data_args, train=False)
+    run = openvino_session(folder)
+    names = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in features.column_names]
+    start, end = [], []
+    for first in range(0, len(features), 32):
+        batch = features[first:first + 32]
+        outputs = run({name: np.array(batch[name], dtype=np.int64) for name in names})
+        start.append(outputs["start_logits"])
+        end.append(outputs["end_logits"])
+    answers, _ = postprocess_qa_predictions(examples, features, (np.concatenate(start), np.concatenate(end)),
+                                            n_best_size=settings["n_best_size"],
+                                            max_answer_length=settings["max_answer_length"])
+    return answers
+
+
+def openvino_sst2_predictions(folder, examples) -> dict:
+    from transformers import AutoConfig, AutoTokenizer
+
+    config, tokenizer = AutoConfig.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    run = openvino_session(folder)
+    predictions = {}
+    for example in examples:
+        logits = run(dict(tokenizer(example["sentence"], return_tensors="np", truncation=True,
+                                    max_length=SST2_SETTINGS["sequence_length"])))["logits"]
+        predictions[example["id"]] = config.id2label[int(logits.argmax(-1)[0])]
+    return predictions
 
 
 def pytorch_qa_predictions(folder, examples, work, settings, nudged=False) -> dict:
@@ -161,34 +222,43 @@ def fitted_settings(task: str, folder: str) -> dict:
     return settings
 
 
-def check_folder(python, task, folder, label, examples) -> dict:
+def engine_predictions(engine, python, task, folder, examples, settings, work) -> dict:
+    """The engine's answers: DeepSparse's own pipeline (in its environment), or OpenVINO under our pre- and
+    post-processing."""
+    if engine == "openvino":
+        return openvino_qa_predictions(folder, examples, settings) if task == "qa" \
+            else openvino_sst2_predictions(folder, examples)
+    pipeline_task = "question-answering" if task == "qa" else "text-classification"
+    return deepsparse_predictions(python, pipeline_task, folder, examples, settings, work)
+
+
+def check_folder(python, task, folder, label, examples, engine="deepsparse") -> dict:
     settings = fitted_settings(task, folder)
     with open(os.path.join(folder, "onnx_parity.json")) as handle:
         precision = json.load(handle).get("precision", "fp32")
     nudged = None
     with tempfile.TemporaryDirectory() as work:
+        theirs = engine_predictions(engine, python, task, folder, examples, settings, work)
         if task == "qa":
-            theirs = deepsparse_predictions(python, "question-answering", folder, examples, settings, work)
             ours = pytorch_qa_predictions(folder, examples, work, settings)
             if precision == "int8":
                 nudged = pytorch_qa_predictions(folder, examples, work, settings, nudged=True)
         else:
-            theirs = deepsparse_predictions(python, "text-classification", folder, examples, settings, work)
             ours = pytorch_sst2_predictions(folder, examples)
             if precision == "int8":
                 nudged = pytorch_sst2_predictions(folder, examples, nudged=True)
     agreement = same_share(theirs, ours)
     floor = same_share(nudged, ours) if nudged is not None else 1.0
     needed = floor - (1 - AGREEMENT)
-    row = {"folder": label, "task": task, "precision": precision, "examples": len(ours),
+    row = {"folder": label, "engine": engine, "task": task, "precision": precision, "examples": len(ours),
            "pipeline_settings": settings, "environment": environment(), "agreement": agreement,
            "own_rounding_floor": floor if nudged is not None else None, "needed": needed,
            "passes": agreement >= needed}
     if task == "qa":
         golds = {example["id"]: example["answers"]["text"] for example in examples}
-        scored = {"deepsparse": theirs, "pytorch": ours, "pytorch_nudged": nudged}
+        scored = {engine: theirs, "pytorch": ours, "pytorch_nudged": nudged}
         row["f1"] = {name: squad_v1_metrics(answers, golds)["f1"] for name, answers in scored.items() if answers}
-    row["disagreements"] = {k: {"deepsparse": theirs[k], "pytorch": ours[k]}
+    row["disagreements"] = {k: {engine: theirs[k], "pytorch": ours[k]}
                             for k in ours if not same_answer(theirs[k], ours[k])}
     return row
 
@@ -214,13 +284,15 @@ def previous_rows(path: str) -> list[dict]:
 
 
 def markdown(results) -> str:
-    lines = ["| folder | task | precision | examples | same answer | PyTorch vs itself, nudged | needed | passes | "
-             "F1 DeepSparse / PyTorch | checked |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| folder | engine | task | precision | examples | same answer | PyTorch vs itself, nudged | needed | "
+             "passes | F1 engine / PyTorch | checked |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in results["folders"]:
         floor = row.get("own_rounding_floor")
+        engine = row.get("engine", "deepsparse")  # (rows checked before OpenVINO was: DeepSparse)
         f1 = row.get("f1", {})
-        f1 = f"{f1['deepsparse']:.2f} / {f1['pytorch']:.2f}" if f1 else "-"
-        lines.append(f"| `{row['folder']}` | {row['task']} | {row['precision']} | {row['examples']} | "
+        f1 = f"{f1[engine]:.2f} / {f1['pytorch']:.2f}" if f1 else "-"
+        lines.append(f"| `{row['folder']}` | {ENGINES[engine]} | {row['task']} | {row['precision']} | "
+                     f"{row['examples']} | "
                      f"{100 * row['agreement']:.1f}% | {'-' if floor is None else f'{100 * floor:.1f}%'} | "
                      f"{100 * row.get('needed', AGREEMENT):.1f}% | {'yes' if row['passes'] else '**no**'} | {f1} | "
                      f"{row['environment']['date']} |")
@@ -237,19 +309,22 @@ def main():
     parser.add_argument("--max_seq_length", type=int, default=QA_SETTINGS["sequence_length"], help="QA windows")
     parser.add_argument("--doc_stride", type=int, default=QA_SETTINGS["doc_stride"], help="QA window overlap")
     parser.add_argument("--work_dir", default=default_work_dir(), help="the benchmark's work folder (bench/run.py)")
+    parser.add_argument("--engine", choices=list(ENGINES), default="deepsparse",
+                        help="deepsparse: its own pipelines, in --deploy_env; openvino: the export in OpenVINO, under "
+                             "our pre- and post-processing (it installs with our requirements)")
     parser.add_argument("--deploy_env", default=os.path.join(REPO, ".venv-deploy"))
     parser.add_argument("--results", default=os.path.join(BENCH, "results", "deploy_check"),
                         help="where the benchmark rows' results go (a folder of one's own gets deploy_check.json in it)")
     args = parser.parse_args()
 
     QA_SETTINGS.update(sequence_length=args.max_seq_length, doc_stride=args.doc_stride)
-    python = deploy_python(args.deploy_env)
+    python = deploy_python(args.deploy_env) if args.engine == "deepsparse" else None
     benchmark_rows, passed = [], True
     for task, folders, examples in (("qa", args.qa, squad_examples), ("sst2", args.sst2, sst2_examples)):
         for folder in folders:
             count = EXAMPLES[task] if args.examples is None else args.examples
             path, row_name = resolve_folder(folder, args.work_dir)
-            row = check_folder(python, task, path, row_name or folder, examples(args.data_dir, count))
+            row = check_folder(python, task, path, row_name or folder, examples(args.data_dir, count), args.engine)
             passed = passed and row["passes"]
             print(f"[deploy] {folder}: {100 * row['agreement']:.1f}% the same answer ({100 * row['needed']:.1f}% "
                   f"needed): {'passes' if row['passes'] else 'FAILS'}", flush=True)
@@ -260,8 +335,9 @@ def main():
                 benchmark_rows.append(row)
     if benchmark_rows:
         # rows checked in earlier runs (another session, another model) stay unless checked again
-        names = {row["folder"] for row in benchmark_rows}
-        rows = [row for row in previous_rows(f"{args.results}.json") if row["folder"] not in names] + benchmark_rows
+        checked = {(row["folder"], row["engine"]) for row in benchmark_rows}
+        rows = [row for row in previous_rows(f"{args.results}.json")
+                if (row["folder"], row.get("engine", "deepsparse")) not in checked] + benchmark_rows
         results = {"folders": rows, "rule": f"same answer text (QA) or label (SST-2) for >= {AGREEMENT:.0%}; INT8: "
                                             f"at most {1 - AGREEMENT:.0%} fewer than PyTorch against itself nudged "
                                             f"by float32 rounding"}

@@ -235,6 +235,12 @@ def test_the_shipped_recipe_prunes_compacts_and_the_saved_model_reloads_and_expo
             == pytest.approx(json.load(open(output_dir / "eval_results.json"))["eval_f1"], abs=1e-9))
     model = load_compacted(AutoModelForQuestionAnswering, str(output_dir), config)
     assert layer_widths(model) == widths
+    # and deployed in OpenVINO (our windowing and post-processing around the file) it answers as PyTorch does
+    from bench.deploy_check import check_folder
+
+    examples = [json.loads(line) for line in open(squad_files["dev_jsonl"])]
+    row = check_folder(None, "qa", str(output_dir), "structured", examples, engine="openvino")
+    assert row["engine"] == "openvino" and row["examples"] == len(examples) and row["agreement"] >= 0.99
 
 
 def test_a_speed_target_recipe_prunes_to_the_tables_estimate(qa_model_dir, squad_files, tmp_path):
