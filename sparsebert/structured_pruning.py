@@ -281,8 +281,9 @@ class StructuredPruningModifier(ScheduledUpdateModifier):
     def initialize(self, module, epoch: float = 0, loggers=None, **kwargs):
         super().initialize(module, epoch, loggers, **kwargs)
         self.check_model(module)
-        # a resumed run's masks are the checkpoint's zeros
-        self._head_masks, self._neuron_masks = masks_from_zeros(module)
+        # the masks are the model's zeros, read at the first update: a resumed run's checkpoint (masked weights)
+        # is loaded after the recipe is initialized
+        self._head_masks = self._neuron_masks = None
         if self.needs_gradients:
             sampler = kwargs.get("grad_sampler")
             if not sampler:
@@ -290,7 +291,7 @@ class StructuredPruningModifier(ScheduledUpdateModifier):
             self._grad_sampler = GradSampler(sampler["data_loader_builder"](self._grad_sampler_kwargs),
                                              sampler["loss_function"])
 
-    def kept_fraction(self, epoch: float) -> float:
+    def schedule_progress(self, epoch: float) -> float:
         """How far the schedule has gone: 0 at start_epoch, 1 at end_epoch, cubic as GMP, on the update grid (so a
         resumed run's first update repeats its checkpoint's level instead of pruning ahead of the recipe)."""
         if self.end_epoch <= self.start_epoch:
@@ -303,10 +304,12 @@ class StructuredPruningModifier(ScheduledUpdateModifier):
 
     def update(self, module, optimizer, epoch: float, steps_per_epoch: int):
         super().update(module, optimizer, epoch, steps_per_epoch)
-        self.prune(module, self.kept_fraction(epoch))
+        self.prune(module, self.schedule_progress(epoch))
 
     def prune(self, model, progress: float):
         """Prune to the schedule's level at `progress` (0: dense, 1: the target); after initialize."""
+        if self._head_masks is None:
+            self._head_masks, self._neuron_masks = masks_from_zeros(model)
         alive = sum(int(m.sum()) for m in self._head_masks + self._neuron_masks)
         if self._speedup is not None:
             dense_ms = self._table.dense_ms

@@ -280,3 +280,29 @@ def test_a_compacted_export_answers_like_pytorch_in_openvino(tmp_path):
         got = torch.from_numpy(results[compiled.output(name)])
         assert torch.equal(got.argmax(-1), getattr(expected, name).argmax(-1))
         assert torch.allclose(got, getattr(expected, name), atol=1e-4)
+
+
+def test_a_resumed_run_takes_its_masks_from_the_checkpoints_zeros_loaded_after_the_recipe_starts():
+    """The trainer starts the recipe, then loads the checkpoint: the units its weights hold as zeros are the ones
+    removed, and the first update at the checkpoint's schedule level removes nothing more and scores nothing."""
+    from sparsebert.recipe import quiet_sparseml_loggers
+
+    model = _model("bert", layers=2)
+    modifier = StructuredPruningModifier(start_epoch=0.0, end_epoch=1.0, update_frequency=0.5, heads_kept=0.5,
+                                         neurons_kept=0.5, score="magnitude")
+    modifier.initialize(model, epoch=0.6, loggers=quiet_sparseml_loggers())
+    # the checkpoint saved at epoch 0.6: the update at 0.5 had cut to 1 - 0.875 * 0.5 of the units of each kind
+    progress = modifier.schedule_progress(0.6)
+    assert progress == pytest.approx(1 - 0.5 ** 3)
+    reference = _model("bert", layers=2)
+    masks = select_by_share(*magnitude_scores(reference), *masks_from_zeros(reference),
+                            1 - progress * 0.5, 1 - progress * 0.5)
+    apply_masks(model, *masks)  # as loading the checkpoint's weights does
+
+    def no_scoring(model):
+        raise AssertionError("the units are already at this level: nothing to score (no gradients to sample)")
+
+    modifier.unit_scores = no_scoring
+    modifier.prune(model, progress)
+    assert [m.tolist() for m in modifier.masks[0]] == [m.tolist() for m in masks[0]]
+    assert [m.tolist() for m in modifier.masks[1]] == [m.tolist() for m in masks[1]]
