@@ -14,7 +14,7 @@ import logging
 import psutil
 import torch
 from sparseml.pytorch.optim import ScheduledModifierManager
-from sparseml.pytorch.sparsification import BasePruningModifier
+from sparseml.pytorch.sparsification import BasePruningModifier, OBSPruningModifier
 from torch.utils.data import DataLoader
 
 from sparsebert.errors import UsageError
@@ -29,7 +29,6 @@ from sparsebert.structured_pruning import structured_pruning_modifiers
 logger = logging.getLogger(__name__)
 
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
-_GRADIENT_SAMPLING_MODIFIERS = ("OBSPruningModifier", "StructuredPruningModifier")
 
 
 class RecipeOptimizer(torch.optim.Optimizer):
@@ -177,17 +176,20 @@ class RecipeRun:
 
     @property
     def gradient_samplers(self) -> list:
-        """The modifiers that prune with second-order information sampled from gradients (OBS)."""
-        return [m for m in self.manager.iter_modifiers()
-                if type(m).__name__ in _GRADIENT_SAMPLING_MODIFIERS and getattr(m, "needs_gradients", True)]
+        """The modifiers that score with gradients sampled from the training set: OBS, and structured pruning's
+        taylor and fisher scores."""
+        return self._obs_modifiers + [m for m in structured_pruning_modifiers(self.manager) if m.needs_gradients]
+
+    @property
+    def _obs_modifiers(self) -> list:
+        return [m for m in self.manager.iter_modifiers() if isinstance(m, OBSPruningModifier)]
 
     def check_fisher_memory(self, model, device):
         """OBS keeps a block of the inverse Fisher per weight: prunable weights x fisher_block_size x 4 bytes.
-        Refuse before training what would not fit, rather than fail at the first pruning step."""
+        Refuse before training what would not fit, rather than fail at the first pruning step. (Structured scores
+        keep one number per head and neuron.)"""
         needed = 0
-        for modifier in self.gradient_samplers:
-            if not hasattr(modifier, "fisher_block_size"):  # structured scores keep one number per unit
-                continue
+        for modifier in self._obs_modifiers:
             names = set(modifier_parameter_names(modifier, model, self.recipe_path))
             weights = sum(p.numel() for n, p in model.named_parameters() if n in names)
             needed += weights * modifier.fisher_block_size * 4
