@@ -327,8 +327,10 @@ def structured_table(results: dict) -> str:
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in rows.items():
         score = row["metrics"].get(key)
-        share = f"{100 * score / dense['metrics'][key]:.1f}%" if dense and score is not None else "-"
-        widths = " ".join(f"({h},{n})" for h, n in row.get("widths", [])) or "dense"
+        # against the dense model the row really started from (retrained on another machine, it may differ)
+        base = row.get("start_points", {}).get("dense", dense or {}).get("metrics", {}).get(key)
+        share = f"{100 * score / base:.1f}%" if base and score is not None else "-"
+        widths = " ".join(f"({h},{n})" for h, n in row["widths"])
         cells = [name, widths, f"{row['parameters']:,}",
                  f"{_percent(table, score):.2f}" if score is not None else "-", share]
         cells += [f"{row['speed']['speedup'][measure][engine]:.2f}x" for measure in measures

@@ -259,3 +259,17 @@ def test_committed_results_hold_no_path_of_the_machine_that_made_them():
             with open(os.path.join(results, name)) as handle:
                 absolute = [s for s in strings(json.load(handle)) if os.path.isabs(s)]
             assert absolute == [], (name, absolute[:3])
+
+
+def test_structured_rows_are_measured_against_the_dense_model_they_started_from():
+    sys.path.insert(0, REPO)
+    from bench.report import structured_table
+
+    speed = {"where": "2 cores", "speedup": {"1x128": {"onnxruntime": 2.0, "openvino": 2.5},
+                                             "32x64": {"onnxruntime": 2.2, "openvino": 3.0}}}
+    rows = {"dense": {"metrics": {"eval_accuracy": 0.90}},
+            "ft_struct2x_distill": {"metrics": {"eval_accuracy": 0.88}, "parameters": 12_345, "widths": [[6, 768]],
+                                    "start_points": {"dense": {"metrics": {"eval_accuracy": 0.80}}}, "speed": speed}}
+    table = structured_table({"table": "sst2", "rows": rows})
+    assert "| ft_struct2x_distill | (6,768) | 12,345 | 88.00 | 110.0% | 2.00x | 2.50x | 2.20x | 3.00x |" in table
+    assert structured_table({"table": "sst2", "rows": {"dense": rows["dense"]}}) == ""
