@@ -31,6 +31,7 @@ REPO = os.path.dirname(BENCH)
 sys.path.insert(0, REPO)
 
 from bench.run import default_work_dir, environment  # noqa: E402
+from sparsebert.families import MODEL_INPUTS  # noqa: E402
 from sparsebert.jsonfile import write_json  # noqa: E402
 from sparsebert.metrics import squad_v1_metrics  # noqa: E402
 
@@ -53,8 +54,8 @@ def deploy_python(env_dir: str) -> str:
     return python
 
 
-def squad_examples(data_dir: str, count: int) -> list[dict]:
-    with open(os.path.join(data_dir, "squad", "dev-v1.1.json")) as handle:
+def squad_examples(data_dir: str, count: int, split: str = "dev-v1.1.json") -> list[dict]:
+    with open(os.path.join(data_dir, "squad", split)) as handle:
         articles = json.load(handle)["data"]
     examples = [{"id": qa["id"], "title": article["title"], "context": paragraph["context"], "question": qa["question"],
                  "answers": {"text": [a["text"] for a in qa["answers"]],
@@ -63,10 +64,11 @@ def squad_examples(data_dir: str, count: int) -> list[dict]:
     return examples[:count] if count else examples
 
 
-def sst2_examples(data_dir: str, count: int) -> list[dict]:
-    with open(os.path.join(data_dir, "glue", "SST-2", "dev.tsv")) as handle:
+def sst2_examples(data_dir: str, count: int, split: str = "dev.tsv") -> list[dict]:
+    with open(os.path.join(data_dir, "glue", "SST-2", split)) as handle:
         rows = [line.rstrip("\n").split("\t") for line in handle][1:]
-    return [{"id": str(i), "sentence": sentence} for i, (sentence, _) in enumerate(rows[:count] if count else rows)]
+    return [{"id": str(i), "sentence": sentence, "label": label}
+            for i, (sentence, label) in enumerate(rows[:count] if count else rows)]
 
 
 def deepsparse_predictions(python, task, folder, examples, settings, work) -> dict:
@@ -84,13 +86,22 @@ def deepsparse_predictions(python, task, folder, examples, settings, work) -> di
         return json.load(handle)
 
 
-def openvino_session(folder: str):
-    """The folder's model.onnx compiled by OpenVINO for the CPU, in f32 (on CPUs with bf16 units it would otherwise
-    compute in bf16): a callable from the tokenizer's inputs to the outputs by name."""
+def onnx_runner(path: str, engine: str = "openvino"):
+    """A callable from the tokenizer's inputs (numpy) to the outputs by name: the ONNX file at path in OpenVINO,
+    compiled for the CPU in f32 (on CPUs with bf16 units it would otherwise compute in bf16), or in onnxruntime."""
+    if engine == "onnxruntime":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        accepted, names = {item.name for item in session.get_inputs()}, [item.name for item in session.get_outputs()]
+
+        def run(inputs: dict) -> dict:
+            return dict(zip(names, session.run(None, {k: v for k, v in inputs.items() if k in accepted})))
+
+        return run
     import openvino
 
-    compiled = openvino.Core().compile_model(os.path.join(folder, "model.onnx"), "CPU",
-                                             {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = openvino.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     accepted = {port.get_any_name() for port in compiled.inputs}
 
     def run(inputs: dict) -> dict:
@@ -100,12 +111,11 @@ def openvino_session(folder: str):
     return run
 
 
-def openvino_qa_predictions(folder, examples, settings) -> dict:
-    """OpenVINO's answers as a user serving the export would give them: our windowing of the contexts
-    (utils_qa), the file run in OpenVINO, our post-processing of its logits."""
+def qa_predictions(run, tokenizer, examples, settings) -> dict:
+    """The answers a user serving an export would give: our windowing of the contexts (utils_qa), the file run
+    by `run` (onnx_runner), our post-processing of its logits."""
     import numpy as np
     from datasets import Dataset
-    from transformers import AutoTokenizer
 
     from run_qa import DataTrainingArguments
     from utils_qa import postprocess_qa_predictions, tokenize_squad
@@ -113,9 +123,8 @@ def openvino_qa_predictions(folder, examples, settings) -> dict:
     data_args = DataTrainingArguments(max_seq_length=settings["sequence_length"], doc_stride=settings["doc_stride"],
                                       max_query_length=settings["max_question_length"], pad_to_max_length=True)
     examples = Dataset.from_list(examples)
-    features = tokenize_squad(examples, AutoTokenizer.from_pretrained(folder), data_args, train=False)
-    run = openvino_session(folder)
-    names = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in features.column_names]
+    features = tokenize_squad(examples, tokenizer, data_args, train=False)
+    names = [name for name in MODEL_INPUTS if name in features.column_names]
     start, end = [], []
     for first in range(0, len(features), 32):
         batch = features[first:first + 32]
@@ -128,17 +137,24 @@ def openvino_qa_predictions(folder, examples, settings) -> dict:
     return answers
 
 
-def openvino_sst2_predictions(folder, examples) -> dict:
-    from transformers import AutoConfig, AutoTokenizer
-
-    config, tokenizer = AutoConfig.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
-    run = openvino_session(folder)
+def sst2_predictions(run, tokenizer, config, examples) -> dict:
     predictions = {}
     for example in examples:
         logits = run(dict(tokenizer(example["sentence"], return_tensors="np", truncation=True,
                                     max_length=SST2_SETTINGS["sequence_length"])))["logits"]
         predictions[example["id"]] = config.id2label[int(logits.argmax(-1)[0])]
     return predictions
+
+
+def onnx_predictions(path, engine, task, folder, examples, settings) -> dict:
+    """The answers of the ONNX file at path (folder's model.onnx, or another file of the same model) in engine,
+    with the folder's tokenizer and labels."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    run, tokenizer = onnx_runner(path, engine), AutoTokenizer.from_pretrained(folder)
+    if task == "qa":
+        return qa_predictions(run, tokenizer, examples, settings)
+    return sst2_predictions(run, tokenizer, AutoConfig.from_pretrained(folder), examples)
 
 
 def pytorch_qa_predictions(folder, examples, work, settings, nudged=False) -> dict:
@@ -226,8 +242,7 @@ def engine_predictions(engine, python, task, folder, examples, settings, work) -
     """The engine's answers: DeepSparse's own pipeline (in its environment), or OpenVINO under our pre- and
     post-processing."""
     if engine == "openvino":
-        return openvino_qa_predictions(folder, examples, settings) if task == "qa" \
-            else openvino_sst2_predictions(folder, examples)
+        return onnx_predictions(os.path.join(folder, "model.onnx"), engine, task, folder, examples, settings)
     pipeline_task = "question-answering" if task == "qa" else "text-classification"
     return deepsparse_predictions(python, pipeline_task, folder, examples, settings, work)
 

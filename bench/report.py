@@ -14,6 +14,7 @@ METRICS = {  # table -> (column, key in the results) in the order shown
 }
 TITLES = {"squad": "SQuAD v1.1", "sst2": "SST-2", "mrpc": "MRPC", "rte": "RTE", "tiny": "demo"}
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
+FAST_START, FAST_END = "<!-- fast_anywhere:start -->", "<!-- fast_anywhere:end -->"
 
 
 PERCENT_TABLES = ("squad", "tiny")  # SQuAD metrics are percentages already; GLUE ones are fractions
@@ -306,7 +307,10 @@ def plot_cost(all_results: list, path: str):
 
 def extra_tables(results: dict) -> list[str]:
     """The tables shown under a benchmark's main one, where its rows give them anything to show."""
-    return [extra for extra in (structured_table(results), goals_table(results), findings_table(results)) if extra]
+    from bench.fast_anywhere import speed_goals_table  # it builds on this module's tables
+
+    return [extra for extra in (structured_table(results), speed_goals_table(results), goals_table(results),
+                                findings_table(results)) if extra]
 
 
 def structured_table(results: dict) -> str:
@@ -349,7 +353,7 @@ def regenerate(results_dir: str, readme: str | None = None):
     for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
         with open(path) as handle:
             results = json.load(handle)
-        if "table" not in results:  # the speed results live beside the tables
+        if "budget" not in results:  # the speed results live beside the tables
             continue
         all_results.append(results)
         with open(os.path.join(results_dir, f"{results['table']}.md"), "w") as handle:
@@ -363,6 +367,19 @@ def regenerate(results_dir: str, readme: str | None = None):
     plot_cost(all_results, os.path.join(results_dir, "accuracy_vs_cost.png"))
     if readme and os.path.isfile(readme):
         _update_readme(readme, all_results)
+    _regenerate_fast_anywhere(all_results, results_dir, readme)
+
+
+def _regenerate_fast_anywhere(all_results, results_dir, readme):
+    """The accuracy-vs-speed-up plot and the README's "Fast anywhere" section."""
+    from bench.fast_anywhere import fast_anywhere, plot_speed
+
+    plotted = plot_speed(all_results, results_dir, os.path.join(results_dir, "accuracy_vs_speedup.png"))
+    if readme and os.path.isfile(readme):
+        body = fast_anywhere(all_results, results_dir) or "_No row has been timed in a runtime yet._"
+        if plotted:
+            body += "\n\n![accuracy against speed-up](bench/results/accuracy_vs_speedup.png)"
+        replace_readme_section(readme, FAST_START, FAST_END, body)
 
 
 def replace_readme_section(readme: str, start_marker: str, end_marker: str, body: str):
@@ -393,5 +410,8 @@ def _update_readme(readme, all_results):
 
 
 if __name__ == "__main__":
+    import sys
+
     bench = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, os.path.dirname(bench))  # bench.fast_anywhere
     regenerate(os.path.join(bench, "results"), readme=os.path.join(os.path.dirname(bench), "README.md"))

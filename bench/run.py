@@ -267,8 +267,7 @@ def structured_record(output_dir, dense_dir, script, latency_table=None) -> dict
                                        dense_dir, shapes)}
     if latency_table:
         table = LatencyTable.load(os.path.join(REPO, latency_table))
-        padded = widths + [(0, 0)] * (table.table["layers"] - len(widths))  # removed layers
-        record["estimated_speedup"] = table.dense_ms / table.estimate_ms(padded)
+        record["estimated_speedup"] = table.estimated_speedup(widths)
     return record
 
 

@@ -245,6 +245,7 @@ def time_layouts(args):
 
 
 STRUCTURED_TARGETS = (2.0, 3.0, 4.0)
+LAYERS_KEPT = 3  # the layer-dropping rows of bench/run.py
 
 
 def structured_speed(model_dir, work, rounds):
@@ -256,6 +257,7 @@ def structured_speed(model_dir, work, rounds):
     from transformers import AutoConfig, AutoTokenizer
 
     from sparsebert.latency import LatencyTable, table_for_model
+    from sparsebert.layer_dropping import drop_layers, select_layers
     from sparsebert.structure import compact, layer_widths, masks_from_zeros
     from sparsebert.structured_pruning import magnitude_scores, select_by_latency
 
@@ -272,8 +274,16 @@ def structured_speed(model_dir, work, rounds):
         widths = layer_widths(compact(model, *masks))
         report = export_onnx(model, tokenizer, os.path.join(work, f"x{target:g}"), outputs)
         files[f"x{target:g}"] = (report["onnx_path"], {"target": target, "widths": widths,
-                                                       "estimated_speedup": table.dense_ms / table.estimate_ms(widths),
+                                                       "estimated_speedup": table.estimated_speedup(widths),
                                                        "parity_ok": report["parity_ok"]})
+    # layer dropping as the benchmark's layers3 rows do it (--layers_to_keep 3): its speed needs no trained weights
+    layers = select_layers(dense.config.num_hidden_layers, LAYERS_KEPT)
+    model = drop_layers(copy.deepcopy(dense), layers)
+    report = export_onnx(model, tokenizer, os.path.join(work, f"layers{LAYERS_KEPT}"), outputs)
+    widths = layer_widths(model)
+    files[f"layers{LAYERS_KEPT}"] = (report["onnx_path"], {"layers_kept": layers, "widths": widths,
+                                                           "estimated_speedup": table.estimated_speedup(widths),
+                                                           "parity_ok": report["parity_ok"]})
     rows = []
     for shape_name, shape in (("latency 1x128", (1, 128)),
                               (f"throughput {throughput_shape[0]}x{throughput_shape[1]}", throughput_shape)):

@@ -87,8 +87,12 @@ class LatencyTable:
         return float(np.interp(neurons, *self.ffn))
 
     def estimate_ms(self, widths: list[tuple[int, int]]) -> float:
-        """Estimated time of a model whose layers keep these (heads, neurons); (0, 0) is a removed layer."""
+        """Estimated time of a model whose layers keep these (heads, neurons); a layer missing from the list, or
+        (0, 0), is a removed one."""
         return self.table["rest_ms"] + sum(self.attention_ms(h) + self.ffn_ms(n) for h, n in widths if h or n)
+
+    def estimated_speedup(self, widths: list[tuple[int, int]]) -> float:
+        return self.dense_ms / self.estimate_ms(widths)
 
     @property
     def dense_ms(self) -> float:

@@ -273,3 +273,85 @@ def test_structured_rows_are_measured_against_the_dense_model_they_started_from(
     table = structured_table({"table": "sst2", "rows": rows})
     assert "| ft_struct2x_distill | (6,768) | 12,345 | 88.00 | 110.0% | 2.00x | 2.50x | 2.20x | 3.00x |" in table
     assert structured_table({"table": "sst2", "rows": {"dense": rows["dense"]}}) == ""
+
+
+def _speed(ort, openvino, throughput=None):
+    speedup = {"1x128": {"onnxruntime": ort, "openvino": openvino}}
+    if throughput:
+        speedup["32x64"] = {"onnxruntime": throughput[0], "openvino": throughput[1]}
+    return {"where": "2 cores", "speedup": speedup}
+
+
+def _timed(models, key, measure, engine_ms):
+    """A speed run's rows: dense in onnxruntime at 10 ms, each (model, engine) at its ms."""
+    rows = [{key: "dense", "engine": "onnxruntime", "measure": measure, "median_ms": 10.0}]
+    return rows + [{key: model, "engine": engine, "measure": measure, "median_ms": ms, **models.get(model, {})}
+                   for (model, engine), ms in engine_ms.items()]
+
+
+def _speed_results(tmp_path):
+    """An SST-2 table with structured rows, layer dropping and an unstructured row timed in DeepSparse."""
+    accuracy = {"eval_accuracy": 0.90}
+    rows = {"dense": {"metrics": accuracy, "method": "dense", "layers": 6},
+            "layers3_distill": {"metrics": {"eval_accuracy": 0.87}, "method": "layer dropping", "layers": 3,
+                                "recipe": "noprune2epoch.yaml", "layers_to_keep": 3},
+            "ft_obs90_distill_int8": {"metrics": {"eval_accuracy": 0.895}, "method": "OBS + INT8", "layers": 6,
+                                      "recipe": "qat1epoch.yaml", "start_from": "ft_obs90_distill"},
+            # keeps 99.4% of the dense model it started from (0.895 / 0.90) at 3.2x in OpenVINO
+            "ft_struct3x_distill": {"metrics": {"eval_accuracy": 0.895}, "method": "structured from fine-tuned",
+                                    "layers": 5, "recipe": "structured_speedup.yaml",
+                                    "recipe_args": {"speedup": 3.0}, "speed": _speed(2.9, 3.2, (3.1, 3.4)),
+                                    "start_points": {"dense": {"metrics": accuracy}}},
+            # faster, but keeps 97.8%
+            "ft_struct4x_distill": {"metrics": {"eval_accuracy": 0.88}, "method": "structured from fine-tuned",
+                                    "layers": 4, "recipe": "structured_speedup.yaml",
+                                    "recipe_args": {"speedup": 4.0}, "speed": _speed(4.1, 3.9),
+                                    "start_points": {"dense": {"metrics": accuracy}}}}
+    (tmp_path / "speed_trained_sst2.json").write_text(json.dumps({"rows": _timed(
+        {}, "folder", "latency 1x128", {("ft_obs90_distill_int8", "deepsparse"): 2.0})}))
+    (tmp_path / "speed_structured.json").write_text(json.dumps({"rows": _timed(
+        {"layers3": {"layers_kept": [0, 2, 5], "widths": [[12, 1536]] * 3}}, "model", "latency 1x128",
+        {("layers3", "onnxruntime"): 5.0})}))
+    return {"table": "sst2", "budget": "b", "rows": rows}
+
+
+def test_each_runtime_family_gets_its_speedups_from_its_own_timing(tmp_path):
+    sys.path.insert(0, REPO)
+    from bench.fast_anywhere import points
+
+    found = {(p["family"], p["row"]): round(p["speedup"], 2) for p in points(_speed_results(tmp_path), tmp_path)}
+    assert found == {("structured", "ft_struct3x_distill"): 2.9, ("structured in OpenVINO", "ft_struct3x_distill"): 3.2,
+                     ("structured", "ft_struct4x_distill"): 4.1, ("structured in OpenVINO", "ft_struct4x_distill"): 3.9,
+                     ("unstructured in DeepSparse", "ft_obs90_distill_int8"): 5.0,
+                     ("layer dropping", "layers3_distill"): 2.0}
+
+
+def test_speed_goal_takes_the_fastest_row_keeping_the_share_at_any_runtime_and_shape(tmp_path):
+    sys.path.insert(0, REPO)
+    from bench.fast_anywhere import speed_goals_table
+
+    results = _speed_results(tmp_path)
+    table = speed_goals_table(results)
+    # 4x keeps only 97.8% (< 99%): the goal falls to the 3x row, fastest in OpenVINO at 32x64
+    assert "| >= 3x at >= 99% of dense | ft_struct3x_distill | OpenVINO, 32x64 | 3.40x | 99.4% | yes |" in table
+    results["rows"]["ft_struct3x_distill"]["speed"] = _speed(2.5, 2.8)
+    assert "| ft_struct3x_distill | OpenVINO, 1x128 | 2.80x | 99.4% | **no** (-0.20x) |" in speed_goals_table(results)
+
+
+def test_fast_anywhere_names_the_most_accurate_row_reaching_each_budget_per_runtime(tmp_path):
+    sys.path.insert(0, REPO)
+    from bench.fast_anywhere import fast_anywhere, plot_speed
+
+    results = _speed_results(tmp_path)
+    section = fast_anywhere([results], str(tmp_path))
+    lines = {line.split(" | ")[0]: line for line in section.splitlines() if line.startswith("| ") and "x |" in line}
+    # columns: onnxruntime, OpenVINO, DeepSparse
+    assert lines["| 2x"].split(" | ")[1].startswith("`ft_struct3x_distill`")  # 3x beats layers3 on accuracy
+    assert lines["| 3x"].split(" | ")[1].startswith("`ft_struct4x_distill`")  # the only one reaching 3x there
+    assert lines["| 3x"].split(" | ")[2].startswith("`ft_struct3x_distill`: accuracy 89.5 (99% of dense), 3.2x")
+    assert lines["| 4x"].split(" | ")[2] == "-"
+    assert "`ft_struct3x_distill`: `recipes/structured_speedup.yaml` with speedup=3" in section
+    assert "`layers3_distill`: `recipes/noprune2epoch.yaml`, --layers_to_keep 3" in section
+    assert "`ft_obs90_distill_int8`: `recipes/qat1epoch.yaml` on `ft_obs90_distill`" in section
+    assert plot_speed([results], str(tmp_path), str(tmp_path / "speed.png"))
+    assert (tmp_path / "speed.png").stat().st_size > 10_000
