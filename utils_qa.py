@@ -25,58 +25,58 @@ SQUAD_COLUMNS = ("id", "title", "context", "question", "answers")
 def load_squad_datasets(data_args, cache_dir=None, need_train=True, need_eval=True, need_test=False) -> DatasetDict:
     """The splits the run needs, from local files when given, else from the Hub; the questions to predict
     (--test_file, answers not needed) always from a file."""
-    wanted = {"train": (need_train, "--train_file", data_args.train_file),
-              "validation": (need_eval, "--validation_file", data_args.validation_file)}
-    test = {"test": load_squad_file(data_args.test_file, "--test_file", labeled=False)} if need_test else {}
+    wanted = {"train": (need_train, "`train_file`", data_args.train_file),
+              "validation": (need_eval, "`validation_file`", data_args.validation_file)}
+    test = {"test": load_squad_file(data_args.test_file, "`test_file`", labeled=False)} if need_test else {}
     if any(path for _, _, path in wanted.values()):
         splits = {}
-        for split, (needed, flag, path) in wanted.items():
+        for split, (needed, setting, path) in wanted.items():
             if path:
-                splits[split] = load_squad_file(path, flag)
+                splits[split] = load_squad_file(path, setting)
             elif needed:
-                raise UsageError(f"{flag} is required: the run needs a {split} split and other splits come from files")
+                raise UsageError(f"{setting} is required: the run needs a {split} split and other splits come from files")
         return DatasetDict({**splits, **test})
     if not (need_train or need_eval):
         return DatasetDict(test)
-    hub = load_or_refuse("--dataset_name", data_args.dataset_name, lambda: load_dataset(
+    hub = load_or_refuse("`dataset_name`", data_args.dataset_name, lambda: load_dataset(
         data_args.dataset_name, data_args.dataset_config_name, cache_dir=cache_dir),
-        hint="; without the Hub, give --train_file and --validation_file")
+        hint="; without the Hub, give `train_file` and `validation_file`")
     return DatasetDict({**hub, **test})
 
 
-def load_squad_file(path: str, flag: str = "data file", labeled: bool = True) -> Dataset:
+def load_squad_file(path: str, setting: str = "data file", labeled: bool = True) -> Dataset:
     """A SQuAD split from (a) an official file (data -> paragraphs -> qas, v1.1 or v2.0), or (b) flattened
     rows with the Hugging Face `squad` columns, as a JSON list, {"data": [rows]}, or JSON Lines (.gz ok).
     Unlabeled rows (questions to predict) may leave out the answers."""
     if not os.path.isfile(path):
-        raise UsageError(f"{flag} {path}: no such file")
+        raise UsageError(f"{setting} {path}: no such file")
     opener = gzip.open if path.endswith(".gz") else open
     try:
         with opener(path, "rt", encoding="utf-8") as handle:
             text = handle.read()
     except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"{flag} {path}: cannot read it ({err})") from err
+        raise UsageError(f"{setting} {path}: cannot read it ({err})") from err
     try:
         document = json.loads(text)
     except json.JSONDecodeError as whole_err:
-        document = _parse_json_lines(text, path, flag, whole_err)
+        document = _parse_json_lines(text, path, setting, whole_err)
     del text  # the parsed document shares its strings with the columns built below
 
     if isinstance(document, dict) and isinstance(document.get("data"), list):
         rows = document["data"]
         if rows and isinstance(rows[0], dict) and "paragraphs" in rows[0]:
-            return Dataset.from_dict(_official_squad_columns(rows, path, flag))
+            return Dataset.from_dict(_official_squad_columns(rows, path, setting))
     elif isinstance(document, dict):  # JSON Lines with a single row
         rows = [document]
     elif isinstance(document, list):
         rows = document
     else:
-        raise UsageError(f"{flag} {path}: expected SQuAD JSON (data -> paragraphs -> qas) or rows with the columns "
+        raise UsageError(f"{setting} {path}: expected SQuAD JSON (data -> paragraphs -> qas) or rows with the columns "
                          f"{', '.join(SQUAD_COLUMNS)}")
-    return Dataset.from_dict(_flat_squad_columns(rows, path, flag, labeled))
+    return Dataset.from_dict(_flat_squad_columns(rows, path, setting, labeled))
 
 
-def _parse_json_lines(text, path, flag, whole_err):
+def _parse_json_lines(text, path, setting, whole_err):
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
@@ -85,11 +85,11 @@ def _parse_json_lines(text, path, flag, whole_err):
             except json.JSONDecodeError as err:
                 culprit = whole_err if number == 1 else err
                 where = f"line {culprit.lineno}" if number == 1 else f"line {number}"
-                raise UsageError(f"{flag} {path}: not valid JSON or JSON Lines ({where}: {culprit.msg})") from err
+                raise UsageError(f"{setting} {path}: not valid JSON or JSON Lines ({where}: {culprit.msg})") from err
     return rows
 
 
-def _official_squad_columns(articles, path, flag) -> dict:
+def _official_squad_columns(articles, path, setting) -> dict:
     columns = {name: [] for name in SQUAD_COLUMNS}
     try:
         for article in articles:
@@ -105,18 +105,18 @@ def _official_squad_columns(articles, path, flag) -> dict:
                     columns["answers"].append({"text": [a["text"] for a in answers],
                                                "answer_start": [int(a["answer_start"]) for a in answers]})
     except (KeyError, TypeError) as err:
-        raise UsageError(f"{flag} {path}: malformed SQuAD article {article.get('title', '?')!r} "
+        raise UsageError(f"{setting} {path}: malformed SQuAD article {article.get('title', '?')!r} "
                          f"(missing or wrong field {err})") from err
     return columns
 
 
-def _flat_squad_columns(rows, path, flag, labeled=True) -> dict:
+def _flat_squad_columns(rows, path, setting, labeled=True) -> dict:
     if not rows:
-        raise UsageError(f"{flag} {path}: holds no examples")
+        raise UsageError(f"{setting} {path}: holds no examples")
     required = ("id", "context", "question", "answers") if labeled else ("id", "context", "question")
     missing = [name for name in required if not isinstance(rows[0], dict) or name not in rows[0]]
     if missing:
-        raise UsageError(f"{flag} {path}: missing the column(s) {', '.join(missing)} "
+        raise UsageError(f"{setting} {path}: missing the column(s) {', '.join(missing)} "
                          f"(need {', '.join(SQUAD_COLUMNS)})")
     columns = {name: [] for name in SQUAD_COLUMNS}
     for number, row in enumerate(rows, start=1):
@@ -128,13 +128,13 @@ def _flat_squad_columns(rows, path, flag, labeled=True) -> dict:
             for name in ("id", "context", "question"):
                 columns[name].append(str(row[name]))
         except (KeyError, TypeError, ValueError) as err:
-            raise UsageError(f"{flag} {path}: row {number} is malformed (field {err})") from err
+            raise UsageError(f"{setting} {path}: row {number} is malformed (field {err})") from err
         columns["title"].append(row.get("title", ""))
         columns["answers"].append(answers)
     return columns
 
 
-def drop_misaligned_answers(dataset: Dataset, flag: str = "--train_file") -> Dataset:
+def drop_misaligned_answers(dataset: Dataset, setting: str = "`train_file`") -> Dataset:
     """Training needs answer_start to point at the answer text; rows where it does not are skipped.
 
     Skipping (rather than refusing the file) keeps a real data set with a few bad rows usable; the warning
@@ -151,7 +151,7 @@ def drop_misaligned_answers(dataset: Dataset, flag: str = "--train_file") -> Dat
     dropped = len(dataset) - len(kept)
     if dropped:
         first = next(ex["id"] for ex in dataset if not aligned(ex))
-        logger.warning(f"{flag}: skipped {dropped} of {len(dataset)} training examples whose answer_start does not "
+        logger.warning(f"{setting}: skipped {dropped} of {len(dataset)} training examples whose answer_start does not "
                        f"point at the answer text (first: id {first})")
     return kept
 
@@ -179,9 +179,9 @@ def check_doc_stride(examples, tokenizer, data_args, split: str):
     longest = min(max(lengths, default=0), data_args.max_query_length)
     room = data_args.max_seq_length - longest - tokenizer.num_special_tokens_to_add(pair=True)
     if data_args.doc_stride >= room:
-        raise UsageError(f"--doc_stride {data_args.doc_stride} is too large for --max_seq_length "
+        raise UsageError(f"`doc_stride` {data_args.doc_stride} is too large for `max_seq_length` "
                          f"{data_args.max_seq_length}: the longest {split} question ({longest} tokens, after "
-                         f"--max_query_length {data_args.max_query_length}) leaves {room} context tokens per window; "
+                         f"`max_query_length` {data_args.max_query_length}) leaves {room} context tokens per window; "
                          f"the stride must be smaller than that")
 
 

@@ -5,6 +5,7 @@ import functools
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import traceback
@@ -31,10 +32,25 @@ def run_cli(main):
     except (UsageError, CheckFailed) as err:
         if wants_traceback(sys.argv[1:]):
             traceback.print_exception(err, file=sys.stderr)
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {as_flags(str(err))}", file=sys.stderr)
         sys.exit(2 if isinstance(err, UsageError) else 1)
     except Interrupted as stop:  # the checkpoint is saved and the way to resume logged
         sys.exit(128 + stop.signum)
+
+
+def as_flags(text: str) -> str:
+    """A library message as the command line shows it: a setting it names as `like_this` (the argument
+    dataclasses' field, as a Python caller passes it) becomes the flag --like_this."""
+    return re.sub(r"`([a-z][a-z0-9_]*)`", r"--\1", text)
+
+
+class FlagNames(logging.Filter):
+    """Our own log lines name settings as flags on the command line (see as_flags)."""
+
+    def filter(self, record):
+        if record.name.startswith("sparsebert"):
+            record.msg, record.args = as_flags(record.getMessage()), ()
+        return True
 
 
 def wants_traceback(argv) -> bool:
@@ -186,11 +202,10 @@ def parse_args(dataclass_types, argv=None):
 
 def setup_logging(training_args: TrainingArguments):
     """Our progress at INFO on the main process; the libraries at their usual WARNING unless --log_level says."""
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        datefmt="%m/%d/%Y %H:%M:%S",
-        handlers=[logging.StreamHandler(sys.stdout)],
-    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.addFilter(FlagNames())
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
+                        handlers=[handler])
     library_level = training_args.get_process_log_level()
     explicit = training_args.log_level != "passive"
     own_level = library_level if explicit else (logging.INFO if training_args.should_log else logging.WARNING)

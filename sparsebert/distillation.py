@@ -38,9 +38,9 @@ def combine_losses(student_loss, distill_loss, hardness: float):
 
 def check_distillation_args(model_args):
     if not 0.0 <= model_args.distill_hardness <= 1.0:
-        raise UsageError(f"--distill_hardness {model_args.distill_hardness} must lie between 0 and 1")
+        raise UsageError(f"`distill_hardness` {model_args.distill_hardness} must lie between 0 and 1")
     if model_args.temperature <= 0:
-        raise UsageError(f"--temperature {model_args.temperature} must be positive")
+        raise UsageError(f"`temperature` {model_args.temperature} must be positive")
 
 
 def check_same_vocabulary(student_tokenizer, teacher_tokenizer, teacher_name: str):
@@ -49,7 +49,7 @@ def check_same_vocabulary(student_tokenizer, teacher_tokenizer, teacher_name: st
         student_vocab, teacher_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
         differing = next((t for t, i in teacher_vocab.items() if student_vocab.get(t) != i), None)
         raise UsageError(
-            f"--teacher_model_name_or_path {teacher_name}: its vocabulary differs from the student's "
+            f"`teacher_model_name_or_path` {teacher_name}: its vocabulary differs from the student's "
             f"({len(teacher_vocab)} vs {len(student_vocab)} tokens, e.g. {differing!r}); teacher and student must "
             f"share one tokenizer because they are fed the same input ids"
         )

@@ -17,9 +17,9 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # the order of
 _LAYER_LISTS = (("encoder", "layer"), ("transformer", "layer"))  # below model.base_model: BERT/RoBERTa, DistilBERT
 
 
-def check_supported(config, flag: str, name: str):
+def check_supported(config, setting: str, name: str):
     if config.model_type not in SUPPORTED_MODEL_TYPES:
-        raise UsageError(f"{flag} {name}: model type {config.model_type!r} is not supported (supported: "
+        raise UsageError(f"{setting} {name}: model type {config.model_type!r} is not supported (supported: "
                          f"{', '.join(SUPPORTED_MODEL_TYPES)}; MiniLM and other BERT-architecture models are bert)")
 
 

@@ -64,7 +64,7 @@ _TSV_FILES = {"train": "train.tsv", "validation": "dev.tsv", "validation_matched
 def get_task(name: str) -> tuple[str, GlueTask]:
     key = (name or "").lower().replace("-", "")
     if key not in TASKS:
-        raise UsageError(f"--task_name {name}: unknown GLUE task; choose one of {', '.join(TASKS)}")
+        raise UsageError(f"`task_name` {name}: unknown GLUE task; choose one of {', '.join(TASKS)}")
     return key, TASKS[key]
 
 
@@ -88,22 +88,22 @@ def load_glue_datasets(task_name: str, task: GlueTask, data_args, cache_dir=None
             logger.warning(f"{task_name}: no {paths[second]}: evaluating on the matched dev set alone")
             del paths[second]
         return DatasetDict({split: _read_tsv(task, path) for split, path in paths.items()})
-    files = {"train": ("--train_file", data_args.train_file),
-             task.eval_splits[0]: ("--validation_file", data_args.validation_file)}
+    files = {"train": ("`train_file`", data_args.train_file),
+             task.eval_splits[0]: ("`validation_file`", data_args.validation_file)}
     if second:
-        files[second] = ("--validation_mismatched_file", data_args.validation_mismatched_file)
+        files[second] = ("`validation_mismatched_file`", data_args.validation_mismatched_file)
     if any(path for _, path in files.values()):
         if second in wanted and not files[second][1] and files[task.eval_splits[0]][1]:
-            logger.warning(f"{task_name}: no --validation_mismatched_file: evaluating on the matched dev set alone")
+            logger.warning(f"{task_name}: no `validation_mismatched_file`: evaluating on the matched dev set alone")
             wanted.remove(second)
         for split in wanted:
-            flag, path = files[split]
+            setting, path = files[split]
             if not path:
-                raise UsageError(f"{flag} is required for task {task_name} when loading from files")
+                raise UsageError(f"{setting} is required for task {task_name} when loading from files")
         return DatasetDict({split: _read_rows_file(task, files[split][1], files[split][0]) for split in wanted})
-    hub = load_or_refuse("--dataset_name", f"{data_args.dataset_name}/{task_name}", lambda: load_dataset(
+    hub = load_or_refuse("`dataset_name`", f"{data_args.dataset_name}/{task_name}", lambda: load_dataset(
         data_args.dataset_name, task_name, cache_dir=cache_dir),
-        hint="; without the Hub, give --train_file and --validation_file (or --glue_data_dir)")
+        hint="; without the Hub, give `train_file` and `validation_file` (or `glue_data_dir`)")
     return DatasetDict({split: _checked(task, hub[split], f"{data_args.dataset_name}/{task_name} {split}")
                         for split in wanted})
 
@@ -111,9 +111,9 @@ def load_glue_datasets(task_name: str, task: GlueTask, data_args, cache_dir=None
 def _read_tsv(task: GlueTask, path: str) -> Dataset:
     """A split of the original distribution: tab-separated, no quoting (the texts contain stray quotes),
     a UTF-8 byte-order mark on some files (MRPC), no header on CoLA."""
-    flag = f"--glue_data_dir file {path}"
+    setting = f"`glue_data_dir` file {path}"
     if not os.path.isfile(path):
-        raise UsageError(f"{flag}: no such file")
+        raise UsageError(f"{setting}: no such file")
     with open(path, encoding="utf-8-sig", newline="") as handle:
         lines = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
     positional = all(isinstance(c, int) for c in task.tsv_columns.values())
@@ -121,7 +121,7 @@ def _read_tsv(task: GlueTask, path: str) -> Dataset:
     if header is not None:
         missing = [name for name in task.tsv_columns.values() if name not in header]
         if missing:
-            raise UsageError(f"{flag}: missing the column(s) {', '.join(missing)} of task {task.folder} "
+            raise UsageError(f"{setting}: missing the column(s) {', '.join(missing)} of task {task.folder} "
                              f"(its header: {', '.join(header)})")
         index = {hf: header.index(name) for hf, name in task.tsv_columns.items()}
     else:
@@ -132,15 +132,15 @@ def _read_tsv(task: GlueTask, path: str) -> Dataset:
             continue
         for hf, i in index.items():
             rows[hf].append(line[i] if i < len(line) else "")
-    return _checked(task, Dataset.from_dict(rows), flag)
+    return _checked(task, Dataset.from_dict(rows), setting)
 
 
-def load_glue_test_file(task: GlueTask, path: str, flag: str = "--test_file") -> Dataset:
+def load_glue_test_file(task: GlueTask, path: str, setting: str = "`test_file`") -> Dataset:
     """Rows to predict, labels unknown: the task's text columns (a label column, if there is one, is ignored)."""
-    rows = _parse_rows_file(path, flag)
+    rows = _parse_rows_file(path, setting)
     missing = [c for c in task.text_columns if c not in rows[0]]
     if missing:
-        raise UsageError(f"{flag} {path}: missing the column(s) {', '.join(missing)} that task needs "
+        raise UsageError(f"{setting} {path}: missing the column(s) {', '.join(missing)} that task needs "
                          f"({', '.join(task.text_columns)})")
     return Dataset.from_dict({c: ["" if row.get(c) is None else str(row.get(c)) for row in rows]
                               for c in task.text_columns})
@@ -151,21 +151,21 @@ def label_text(task: GlueTask, value) -> str:
     return f"{float(value):.3f}" if task.is_regression else task.label_names[int(value)]
 
 
-def _read_rows_file(task: GlueTask, path: str, flag: str) -> Dataset:
-    rows = _parse_rows_file(path, flag)
+def _read_rows_file(task: GlueTask, path: str, setting: str) -> Dataset:
+    rows = _parse_rows_file(path, setting)
     needed = list(task.text_columns) + ["label"]
     missing = [c for c in needed if c not in rows[0]]
     if missing:
-        raise UsageError(f"{flag} {path}: missing the column(s) {', '.join(missing)} that task needs "
+        raise UsageError(f"{setting} {path}: missing the column(s) {', '.join(missing)} that task needs "
                          f"({', '.join(needed)})")
     columns = {c: [row.get(c) for row in rows] for c in needed}
-    return _checked(task, Dataset.from_dict(columns), f"{flag} {path}")
+    return _checked(task, Dataset.from_dict(columns), f"{setting} {path}")
 
 
-def _parse_rows_file(path: str, flag: str) -> list:
+def _parse_rows_file(path: str, setting: str) -> list:
     """CSV (with a header), JSON (a list of rows, or {"data": rows}) or JSON Lines, optionally gzipped."""
     if not os.path.isfile(path):
-        raise UsageError(f"{flag} {path}: no such file")
+        raise UsageError(f"{setting} {path}: no such file")
     opener = gzip.open if path.endswith(".gz") else open
     name = path[:-3] if path.endswith(".gz") else path
     try:
@@ -181,9 +181,9 @@ def _parse_rows_file(path: str, flag: str) -> list:
                 except json.JSONDecodeError:
                     rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as err:
-        raise UsageError(f"{flag} {path}: cannot parse it ({err})") from err
+        raise UsageError(f"{setting} {path}: cannot parse it ({err})") from err
     if not rows:
-        raise UsageError(f"{flag} {path}: holds no examples")
+        raise UsageError(f"{setting} {path}: holds no examples")
     return rows
 
 

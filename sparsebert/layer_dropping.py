@@ -23,9 +23,9 @@ SELECTIONS = ("seed", "evenly_spaced", "first")
 def select_layers(num_layers: int, keep: int, selection: str = "seed") -> list[int]:
     """Indices of the encoder layers to keep."""
     if selection not in SELECTIONS:
-        raise UsageError(f"--layer_selection {selection}: choose one of {', '.join(SELECTIONS)}")
+        raise UsageError(f"`layer_selection` {selection}: choose one of {', '.join(SELECTIONS)}")
     if not 1 <= keep <= num_layers:
-        raise UsageError(f"--layers_to_keep {keep}: the model has {num_layers} encoder layers")
+        raise UsageError(f"`layers_to_keep` {keep}: the model has {num_layers} encoder layers")
     if selection == "first":
         return list(range(keep))
     if selection == "seed" and num_layers == 12 and keep in SEED_LAYERS_FOR_12:
@@ -67,7 +67,7 @@ def check_whole_layers(model, names, recipe_path: str):
     for name in [names] if isinstance(names, str) else names:
         if name not in layer_names:
             example = sorted(layer_names)[0] if layer_names else "bert.encoder.layer.0"
-            raise UsageError(f"--nm_prune_config {recipe_path}: !LayerPruningModifier layer {name!r} is not an encoder "
+            raise UsageError(f"`nm_prune_config` {recipe_path}: !LayerPruningModifier layer {name!r} is not an encoder "
                              f"layer of this model (they are named like {example!r})")
 
 

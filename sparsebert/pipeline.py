@@ -22,32 +22,32 @@ logger = logging.getLogger(__name__)
 
 def resolve_run_args(model_args, sparse_args, training_args):
     """Check the flags that need no model or data (first, so bad input costs nothing) and resolve what they leave
-    implicit, in place: aliases merged into their main flag, --resume_from_checkpoint last into its folder."""
+    implicit, in place: aliases merged into their main setting, --resume_from_checkpoint last into its folder."""
     student = model_args.student_model_name_or_path
     if student and model_args.model_name_or_path and student != model_args.model_name_or_path:
-        raise UsageError(f"--student_model_name_or_path {student} and --model_name_or_path "
+        raise UsageError(f"`student_model_name_or_path` {student} and `model_name_or_path` "
                          f"{model_args.model_name_or_path} name different models: give one")
     model_args.model_name_or_path = model_args.model_name_or_path or student
     if not model_args.model_name_or_path:
-        raise UsageError("--model_name_or_path (or --student_model_name_or_path) is required")
+        raise UsageError("`model_name_or_path` (or `student_model_name_or_path`) is required")
     _merge_alias(model_args, "teacher_model_name_or_path", "distill_teacher")
     _merge_alias(sparse_args, "nm_prune_config", "recipe")
     if sparse_args.recipe_args and not sparse_args.nm_prune_config:
-        raise UsageError("--recipe_args needs --nm_prune_config: there is no recipe to apply them to")
+        raise UsageError("`recipe_args` needs `nm_prune_config`: there is no recipe to apply them to")
     if not (training_args.do_train or training_args.do_eval or training_args.do_predict or sparse_args.do_onnx_export):
-        raise UsageError("nothing to do: pass --do_train, --do_eval, --do_predict and/or --do_onnx_export")
+        raise UsageError("nothing to do: pass `do_train`, `do_eval`, `do_predict` and/or `do_onnx_export`")
     check_distillation_args(model_args)
     check_local_paths(model_args)
     resume = training_args.resume_from_checkpoint
     if resume in ("True", "true", "last"):  # the HF way: the newest checkpoint-N in output_dir
         last = last_complete_checkpoint(training_args.output_dir)
         if last is None:
-            raise UsageError(f"--resume_from_checkpoint {resume}: no complete checkpoint-N folder in "
+            raise UsageError(f"`resume_from_checkpoint` {resume}: no complete checkpoint-N folder in "
                              f"{training_args.output_dir}")
         training_args.resume_from_checkpoint = last
-        logger.info(f"--resume_from_checkpoint {resume}: resuming from {last}")
+        logger.info(f"`resume_from_checkpoint` {resume}: resuming from {last}")
     elif resume is not None and not os.path.isfile(os.path.join(resume, "trainer_state.json")):
-        raise UsageError(f"--resume_from_checkpoint {resume}: not a complete checkpoint folder "
+        raise UsageError(f"`resume_from_checkpoint` {resume}: not a complete checkpoint folder "
                          f"(no trainer_state.json)")
     check_output_dir(training_args, sparse_args)
 
@@ -56,7 +56,7 @@ def _merge_alias(args, name: str, alias: str):
     """Two flags for one thing: take whichever was given, refuse two different values."""
     value, alias_value = getattr(args, name), getattr(args, alias)
     if value and alias_value and value != alias_value:
-        raise UsageError(f"--{name} {value} and --{alias} {alias_value} name different things: give one")
+        raise UsageError(f"`{name}` {value} and `{alias}` {alias_value} name different things: give one")
     setattr(args, name, value or alias_value)
     setattr(args, alias, value or alias_value)
 
@@ -87,32 +87,32 @@ def load_training_recipe(sparse_args, training_args, model_args, output_names, r
     manager = load_recipe(path, sparse_args.recipe_variables)
     for modifier in manager.distillation_modifiers:
         if model_args.teacher is None:
-            raise UsageError(f"--nm_prune_config {path}: its !DistillationModifier needs a teacher: pass "
-                             f"--teacher_model_name_or_path (or --distill_teacher) with a model fine-tuned for the "
+            raise UsageError(f"`nm_prune_config` {path}: its !DistillationModifier needs a teacher: pass "
+                             f"`teacher_model_name_or_path` (or `distill_teacher`) with a model fine-tuned for the "
                              f"task")
         if regression:
-            raise UsageError(f"--nm_prune_config {path}: !DistillationModifier matches class distributions, and a "
-                             f"regression head has none; drop it and use --teacher_model_name_or_path alone (MSE)")
+            raise UsageError(f"`nm_prune_config` {path}: !DistillationModifier matches class distributions, and a "
+                             f"regression head has none; drop it and use `teacher_model_name_or_path` alone (MSE)")
         missing = [key for key in modifier.distill_output_keys or () if key not in output_names]
         if missing:
-            raise UsageError(f"--nm_prune_config {path}: !DistillationModifier distill_output_keys {missing} are not "
+            raise UsageError(f"`nm_prune_config` {path}: !DistillationModifier distill_output_keys {missing} are not "
                              f"outputs of this model (it has {', '.join(output_names)})")
     layer_pruning = any(type(m).__name__ == "LayerPruningModifier" for m in manager.iter_modifiers())
     if layer_pruning and model_args.layers_to_keep is not None:
-        raise UsageError(f"--layers_to_keep and the !LayerPruningModifier of {path} both drop layers: use one")
+        raise UsageError(f"`layers_to_keep` and the !LayerPruningModifier of {path} both drop layers: use one")
     return manager
 
 
 def check_local_paths(model_args):
     """A model name that can only be a local path (it starts with / . or ~, has more than one /, or its first
     part is a folder here) and does not exist is refused at once, instead of being tried on the Hub."""
-    for flag in ("model_name_or_path", "teacher_model_name_or_path", "config_name", "tokenizer_name"):
-        name = getattr(model_args, flag)
+    for setting in ("model_name_or_path", "teacher_model_name_or_path", "config_name", "tokenizer_name"):
+        name = getattr(model_args, setting)
         if not name or name == "disable" or os.path.exists(name):
             continue
         first = name.split("/", 1)[0]
         if name.startswith(("/", ".", "~")) or name.count("/") > 1 or ("/" in name and os.path.isdir(first)):
-            raise UsageError(f"--{flag} {name}: no such folder")
+            raise UsageError(f"`{setting}` {name}: no such folder")
 
 
 def sparsification_kwargs(manager, sparse_args, model_args, teacher) -> dict:
@@ -127,19 +127,19 @@ def load_tokenizer_and_config(model_args, **config_kwargs):
     config_name = model_args.config_name or model_args.model_name_or_path
     tokenizer_name = model_args.tokenizer_name or model_args.model_name_or_path
     config = load_or_refuse(
-        "--config_name" if model_args.config_name else "--model_name_or_path", config_name,
+        "`config_name`" if model_args.config_name else "`model_name_or_path`", config_name,
         lambda: AutoConfig.from_pretrained(config_name, cache_dir=model_args.cache_dir, **config_kwargs))
     tokenizer = load_or_refuse(
-        "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path", tokenizer_name,
+        "`tokenizer_name`" if model_args.tokenizer_name else "`model_name_or_path`", tokenizer_name,
         lambda: AutoTokenizer.from_pretrained(tokenizer_name, cache_dir=model_args.cache_dir))
-    check_supported(config, "--config_name" if model_args.config_name else "--model_name_or_path", config_name)
+    check_supported(config, "`config_name`" if model_args.config_name else "`model_name_or_path`", config_name)
     if not tokenizer.is_fast:
-        raise UsageError(f"--model_name_or_path {model_args.model_name_or_path}: needs a fast tokenizer "
+        raise UsageError(f"`model_name_or_path` {model_args.model_name_or_path}: needs a fast tokenizer "
                          f"(tokenizer.json), which the data preparation relies on for offsets")
     vocab_size = getattr(config, "vocab_size", None)
     if vocab_size is not None and len(tokenizer) > vocab_size:  # ids past the embedding: an IndexError mid-run
-        flag = "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path"
-        raise UsageError(f"{flag} {tokenizer_name}: its tokenizer has {len(tokenizer):,} tokens, more than the "
+        setting = "`tokenizer_name`" if model_args.tokenizer_name else "`model_name_or_path`"
+        raise UsageError(f"{setting} {tokenizer_name}: its tokenizer has {len(tokenizer):,} tokens, more than the "
                          f"{vocab_size:,} of the model's embedding (vocab_size): they do not belong together")
     return tokenizer, config
 
@@ -150,22 +150,22 @@ def load_teacher(model_args, auto_model_class, student_tokenizer, manager=None, 
     name = model_args.teacher
     if name is None:
         return None
-    flag = "--teacher_model_name_or_path"
-    teacher_tokenizer = load_or_refuse(flag, name,
+    setting = "`teacher_model_name_or_path`"
+    teacher_tokenizer = load_or_refuse(setting, name,
                                        lambda: AutoTokenizer.from_pretrained(name, cache_dir=model_args.cache_dir))
     check_same_vocabulary(student_tokenizer, teacher_tokenizer, name)
-    teacher, loading = load_or_refuse(flag, name, lambda: auto_model_class.from_pretrained(
+    teacher, loading = load_or_refuse(setting, name, lambda: auto_model_class.from_pretrained(
         name, cache_dir=model_args.cache_dir, output_loading_info=True, **config_kwargs))
     missing = sorted(key for key in loading["missing_keys"] if not key.endswith("position_ids"))
     if missing:  # initialised at random: the student would learn from noise
-        raise UsageError(f"{flag} {name}: its checkpoint lacks {', '.join(missing[:4])}"
+        raise UsageError(f"{setting} {name}: its checkpoint lacks {', '.join(missing[:4])}"
                          f"{' ...' if len(missing) > 4 else ''} (a base model, not one fine-tuned for this task?); "
                          f"a teacher must be a model already trained for the task")
     recipe_distillers = manager.distillation_modifiers if manager is not None else []
     if recipe_distillers:
         settings = ", ".join(f"hardness {m.hardness:g}, temperature {m.temperature:g}" for m in recipe_distillers)
         logger.info(f"Distilling from teacher {name} as the recipe's !DistillationModifier says ({settings}); "
-                    f"--distill_hardness and --temperature apply only to recipes without one")
+                    f"`distill_hardness` and `temperature` apply only to recipes without one")
     else:
         logger.info(f"Distilling from teacher {name} (hardness {model_args.distill_hardness}, "
                     f"temperature {model_args.temperature})")
@@ -183,15 +183,15 @@ def load_model(model_args, auto_model_class, config):
     if manager is not None:
         return load_quantized_model(auto_model_class, path, config, manager)
     if is_compacted(config):  # structurally pruned: widths per layer that plain from_pretrained cannot build
-        return load_or_refuse("--model_name_or_path", path, lambda: load_compacted(auto_model_class, path, config))
-    return load_or_refuse("--model_name_or_path", path, lambda: auto_model_class.from_pretrained(
+        return load_or_refuse("`model_name_or_path`", path, lambda: load_compacted(auto_model_class, path, config))
+    return load_or_refuse("`model_name_or_path`", path, lambda: auto_model_class.from_pretrained(
         path, config=config, cache_dir=model_args.cache_dir))
 
 
-def check_max_seq_length(max_seq_length: int, config, flag: str = "--max_seq_length"):
+def check_max_seq_length(max_seq_length: int, config, setting: str = "`max_seq_length`"):
     limit = getattr(config, "max_position_embeddings", None)
     if limit is not None and max_seq_length > limit:
-        raise UsageError(f"{flag} {max_seq_length} is more than the model's {limit} position embeddings")
+        raise UsageError(f"{setting} {max_seq_length} is more than the model's {limit} position embeddings")
 
 
 def train_and_save(trainer, training_args, num_train_examples: int):
@@ -201,7 +201,7 @@ def train_and_save(trainer, training_args, num_train_examples: int):
     if trainer.graceful_stop.signal is not None:
         name = signal.Signals(trainer.graceful_stop.signal).name
         logger.warning(f"Stopped by {name} at step {trainer.state.global_step}; continue with "
-                       f"--resume_from_checkpoint last --output_dir {training_args.output_dir}")
+                       f"`resume_from_checkpoint` last `output_dir` {training_args.output_dir}")
         raise Interrupted(trainer.graceful_stop.signal)
     save_model_atomically(trainer, training_args.output_dir)
     metrics = dict(result.metrics, train_samples=num_train_examples)

@@ -151,7 +151,7 @@ def load_quantized_model(auto_model_class, folder: str, config, manager: Schedul
     unsaved = set(_disable_unsaved_fixed_range_quantizers(model, state))
     missing = [k for k in missing if not k.endswith("position_ids") and k not in unsaved]
     if missing or unexpected:
-        raise UsageError(f"--model_name_or_path {folder}: its weights do not fit the quantized structure of its "
+        raise UsageError(f"`model_name_or_path` {folder}: its weights do not fit the quantized structure of its "
                          f"{RECIPE_NAME} (missing {missing[:3]}, unexpected {unexpected[:3]})")
     freeze_observers(model)
     logger.info(f"Loaded {folder} as an INT8 quantization-aware model (structure from its {RECIPE_NAME})")

@@ -136,7 +136,7 @@ class RecipeRun:
             try:
                 modifier.check_model(model)
             except ValueError as err:
-                raise UsageError(f"--nm_prune_config {self.recipe_path}: !StructuredPruningModifier: {err}") from err
+                raise UsageError(f"`nm_prune_config` {self.recipe_path}: !StructuredPruningModifier: {err}") from err
         if layer_pruners:
             skipped = replace_identity_layers(model)
             kept = len(encoder_layers(model)) - len(skipped)
@@ -202,7 +202,7 @@ class RecipeRun:
             free, where = psutil.virtual_memory().available, "available"
         logger.info(f"OBS: the inverse Fisher blocks take {needed / 2**30:.2f} GiB ({free / 2**30:.1f} GiB {where})")
         if needed > free:
-            raise UsageError(f"--nm_prune_config {self.recipe_path}: OBS needs {needed / 2**30:.2f} GiB for its "
+            raise UsageError(f"`nm_prune_config` {self.recipe_path}: OBS needs {needed / 2**30:.2f} GiB for its "
                              f"inverse Fisher blocks (prunable weights x fisher_block_size x 4 bytes) but only "
                              f"{free / 2**30:.2f} GiB is {where}: lower fisher_block_size or prune fewer parameters")
 

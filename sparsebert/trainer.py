@@ -109,7 +109,7 @@ class SparseMLTrainer(Trainer):
         if epochs is not None and epochs * self.steps_per_epoch > max_steps + 1e-6:  # a smoke test's --max_steps
             logger.warning(f"The recipe {self.recipe_path} is cut short: it runs to epoch {epochs:g} "
                            f"({round(epochs * self.steps_per_epoch)} optimizer steps at {self.steps_per_epoch} per "
-                           f"epoch) but training stops after {max_steps} (--max_steps), at epoch "
+                           f"epoch) but training stops after {max_steps} (`max_steps`), at epoch "
                            f"{max_steps / self.steps_per_epoch:.3g}: what it schedules after that does not happen")
         try:
             check_cyclic_learning_rates(self.recipe, self.steps_per_epoch, max_steps / self.steps_per_epoch,
@@ -139,13 +139,13 @@ class SparseMLTrainer(Trainer):
         whatever the recipe set."""
         if self.lr_scheduler is None and self.recipe_run is not None and self.recipe_run.owns_learning_rate:
             names = ", ".join(sorted({type(m).__name__ for m in self.recipe.learning_rate_modifiers}))
-            logger.info(f"Learning rate: set by the recipe's {names} (--learning_rate {self.args.learning_rate:g} is "
-                        f"only the optimizer's value before the recipe's first step; --lr_scheduler_type and "
+            logger.info(f"Learning rate: set by the recipe's {names} (`learning_rate` {self.args.learning_rate:g} is "
+                        f"only the optimizer's value before the recipe's first step; `lr_scheduler_type` and "
                         f"warmup flags are not used)")
             self.lr_scheduler = RecipeLearningRate(optimizer or self.optimizer)
             return self.lr_scheduler
         if self.lr_scheduler is None:
-            logger.info(f"Learning rate: the Trainer's {self.args.lr_scheduler_type} schedule from --learning_rate "
+            logger.info(f"Learning rate: the Trainer's {self.args.lr_scheduler_type} schedule from `learning_rate` "
                         f"{self.args.learning_rate:g}")
         return super().create_scheduler(num_training_steps, optimizer)
 

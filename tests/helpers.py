@@ -1,6 +1,8 @@
 """Helpers shared by the tests."""
 
+import contextlib
 import os
+import re
 
 import torch
 from datasets import Dataset
@@ -41,3 +43,17 @@ class SparsityRecorder(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         params = dict(self.model.named_parameters())
         self.history.append({n: float((params[n] == 0).float().mean()) for n in self.names})
+
+
+@contextlib.contextmanager
+def refused_on_the_command_line(pattern):
+    """Expect a UsageError whose message, as the command line shows it (settings as --flags), matches pattern."""
+    import pytest
+
+    from sparsebert.cli import as_flags
+    from sparsebert.errors import UsageError
+
+    with pytest.raises(UsageError) as caught:
+        yield caught
+    shown = as_flags(str(caught.value))
+    assert re.search(pattern, shown), f"{pattern!r} not in {shown!r}"

@@ -9,8 +9,8 @@ import pytest
 
 import run_qa
 from conftest import RECIPES, REPO
-from helpers import listing, qa_args
-from sparsebert.errors import UsageError
+from helpers import listing, qa_args, refused_on_the_command_line
+from sparsebert.cli import as_flags
 
 GMP = os.path.join(RECIPES, "80sparsity2epoch.yaml")
 OBERT_QA, OBERT_GLUE = os.path.join(RECIPES, "obert80_squad.yaml"), os.path.join(RECIPES, "obert80_glue.yaml")
@@ -25,7 +25,7 @@ def _write(tmp_path, name, text):
 
 def _expect_refusal(argv, pattern, watched):
     before = listing(watched)
-    with pytest.raises(UsageError, match=pattern):
+    with refused_on_the_command_line(pattern):
         run_qa.main(argv)
     assert listing(watched) == before  # nothing written, nothing overwritten
     assert not os.path.exists("sparse_logs")
@@ -206,7 +206,7 @@ def test_max_steps_cuts_the_recipe_short_with_a_warning(qa_model_dir, squad_file
     assert json.load(open(output_dir / "trainer_state.json"))["global_step"] == 1
     assert (output_dir / "model.safetensors").is_file()
     assert any("80sparsity2epoch.yaml is cut short: it runs to epoch 2" in r.getMessage()
-               and "training stops after 1 (--max_steps)" in r.getMessage() for r in caplog.records)
+               and "training stops after 1 (--max_steps)" in as_flags(r.getMessage()) for r in caplog.records)
 
 
 def test_command_line_gets_one_line_and_exit_status_2(qa_model_dir, squad_files, tmp_path):

@@ -49,14 +49,14 @@ def test_v2_unanswerable_questions_have_empty_answers(tmp_path):
 def test_malformed_files_are_refused_naming_the_file(tmp_path, content, message):
     path = tmp_path / "broken.json"
     path.write_text(content)
-    with pytest.raises(UsageError, match="--train_file .*broken.json") as err:
-        load_squad_file(str(path), "--train_file")
+    with pytest.raises(UsageError, match="`train_file` .*broken.json") as err:
+        load_squad_file(str(path), "`train_file`")
     assert message in str(err.value)
 
 
 def test_missing_file_is_named():
-    with pytest.raises(UsageError, match="--validation_file nowhere.json: no such file"):
-        load_squad_file("nowhere.json", "--validation_file")
+    with pytest.raises(UsageError, match="`validation_file` nowhere.json: no such file"):
+        load_squad_file("nowhere.json", "`validation_file`")
 
 
 def test_misaligned_answer_start_is_skipped_and_counted(squad_files, caplog):

@@ -13,7 +13,7 @@ from transformers import AutoModelForQuestionAnswering, BertConfig, BertForQuest
 
 import run_qa
 from conftest import RECIPES, REPO
-from helpers import listing, qa_args
+from helpers import listing, qa_args, refused_on_the_command_line
 from sparsebert.errors import UsageError
 from sparsebert.demo import make_bert, make_tokenizer
 from sparsebert.distillation import combine_losses, distillation_loss, soft_kl
@@ -86,7 +86,7 @@ def test_seed_layer_choice_and_evenly_spaced_layers():
     assert select_layers(6, 3) == [0, 2, 5]  # MiniLM depth: first and last kept
     assert select_layers(12, 4, "evenly_spaced") == [0, 4, 7, 11]
     assert select_layers(12, 2, "first") == [0, 1]
-    with pytest.raises(UsageError, match="--layers_to_keep 7: the model has 6 encoder layers"):
+    with pytest.raises(UsageError, match="`layers_to_keep` 7: the model has 6 encoder layers"):
         select_layers(6, 7)
 
 
@@ -106,7 +106,7 @@ def test_teacher_with_another_vocabulary_is_refused(qa_model_dir, squad_files, t
     tokenizer = make_tokenizer()
     tokenizer.add_tokens(["zebra"])
     tokenizer.save_pretrained(teacher_dir)
-    with pytest.raises(UsageError, match=r"--teacher_model_name_or_path .*teacher: its vocabulary differs"):
+    with refused_on_the_command_line(r"--teacher_model_name_or_path .*teacher: its vocabulary differs"):
         run_qa.main(qa_args(qa_model_dir, squad_files, tmp_path / "out", "--do_train",
                             "--teacher_model_name_or_path", str(teacher_dir)))
     assert not (tmp_path / "out").exists()

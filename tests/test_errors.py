@@ -23,7 +23,7 @@ def _refuse_from_a_cause():
     try:
         int("ten")
     except ValueError as err:
-        raise UsageError("--num_things ten: not a number") from err
+        raise UsageError("`num_things` ten: not a number") from err  # named as the library names settings
 
 
 def _run(monkeypatch, capsys, argv, variable=None):
@@ -75,3 +75,16 @@ def test_a_bug_inside_sparseml_is_not_blamed_on_the_recipe(tmp_path, monkeypatch
     with pytest.raises(type(bug)) as raised:
         load_recipe(str(path))
     assert raised.value is bug
+
+
+def test_the_command_line_names_settings_as_flags_in_our_log_lines_only():
+    import logging
+
+    from sparsebert.cli import FlagNames, as_flags
+
+    assert as_flags("pass `recipe_args` or `nm_prune_config`; `Not_a_setting` stays") == \
+        "pass --recipe_args or --nm_prune_config; `Not_a_setting` stays"
+    ours = logging.LogRecord("sparsebert.trainer", logging.INFO, __file__, 1, "`max_steps` %d cuts it", (5,), None)
+    theirs = logging.LogRecord("transformers.trainer", logging.INFO, __file__, 1, "`use_cache` is off", (), None)
+    assert FlagNames().filter(ours) and ours.getMessage() == "--max_steps 5 cuts it"
+    assert FlagNames().filter(theirs) and theirs.getMessage() == "`use_cache` is off"

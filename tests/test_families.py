@@ -12,9 +12,8 @@ from transformers import (AlbertConfig, AlbertModel, DistilBertConfig, DistilBer
 import run_glue
 import run_qa
 from conftest import RECIPES
-from helpers import qa_args
+from helpers import qa_args, refused_on_the_command_line
 from sparsebert.demo import make_qa_examples, make_tokenizer, vocabulary
-from sparsebert.errors import UsageError
 
 GMP = os.path.join(RECIPES, "80sparsity2epoch.yaml")
 # the six matrices of a layer, in each family's own names
@@ -118,8 +117,8 @@ def test_an_unsupported_model_type_is_refused_by_name(squad_files, tmp_path):
     AlbertModel(AlbertConfig(vocab_size=len(vocabulary()), hidden_size=32, num_hidden_layers=1,
                              num_attention_heads=4, intermediate_size=64, embedding_size=16)).save_pretrained(folder)
     make_tokenizer().save_pretrained(folder)
-    with pytest.raises(UsageError, match=r"--model_name_or_path .*albert: model type 'albert' is not supported "
-                                         r"\(supported: bert, roberta, distilbert"):
+    with refused_on_the_command_line(r"--model_name_or_path .*albert: model type 'albert' is not supported "
+                                     r"\(supported: bert, roberta, distilbert"):
         run_qa.main(qa_args(str(folder), squad_files, tmp_path / "out", "--do_train"))
     assert not (tmp_path / "out").exists()
 

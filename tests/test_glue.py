@@ -13,6 +13,7 @@ import run_glue
 import sparsebert.glue as glue
 from conftest import RECIPES
 from helpers import listing
+from sparsebert.cli import as_flags
 from sparsebert.errors import UsageError
 from sparsebert.demo import COLORS, NAMES, OBJECTS, make_bert, make_tokenizer
 from sparsebert.metrics import binary_f1, glue_metrics, matthews_correlation, pearson, spearman
@@ -48,7 +49,7 @@ def test_accuracy_for_the_other_tasks():
 
 def test_task_names_are_case_insensitive_and_unknown_ones_listed():
     assert glue.get_task("MNLI")[0] == "mnli" and glue.get_task("SST-2")[0] == "sst2"
-    with pytest.raises(UsageError, match="--task_name squad: unknown GLUE task; choose one of cola, sst2, mrpc"):
+    with pytest.raises(UsageError, match="`task_name` squad: unknown GLUE task; choose one of cola, sst2, mrpc"):
         glue.get_task("squad")
 
 
@@ -126,22 +127,22 @@ def test_unreachable_hub_dataset_is_named(monkeypatch):
         raise ConnectionError("Couldn't reach 'glue' on the Hub (LocalEntryNotFoundError)")
 
     monkeypatch.setattr(glue, "load_dataset", offline)
-    with pytest.raises(UsageError, match=r"^--dataset_name glue/sst2: cannot load it \(Couldn't reach 'glue' on the "
-                                         r"Hub \(LocalEntryNotFoundError\)\); without the Hub, give --train_file "
-                                         r"and --validation_file \(or --glue_data_dir\)$"):
+    with pytest.raises(UsageError, match=r"^`dataset_name` glue/sst2: cannot load it \(Couldn't reach 'glue' on the "
+                                         r"Hub \(LocalEntryNotFoundError\)\); without the Hub, give `train_file` "
+                                         r"and `validation_file` \(or `glue_data_dir`\)$"):
         _load("sst2")
 
 
 def test_bad_glue_data_is_refused(tmp_path):
     (tmp_path / "nolabel.jsonl").write_text(json.dumps({"sentence": "a"}) + "\n")
-    with pytest.raises(UsageError, match=r"--train_file .*nolabel.jsonl: missing the column\(s\) label"):
+    with pytest.raises(UsageError, match=r"`train_file` .*nolabel.jsonl: missing the column\(s\) label"):
         _load("sst2", train_file=str(tmp_path / "nolabel.jsonl"), validation_file=str(tmp_path / "nolabel.jsonl"))
     (tmp_path / "badlabel.jsonl").write_text(json.dumps({"sentence": "a", "label": 1}) + "\n"
                                              + json.dumps({"sentence": "b", "label": 2}) + "\n")
     with pytest.raises(UsageError, match=r"badlabel.jsonl: row 2 has label 2, outside the task's labels "
                                          r"\(0 or negative, 1 or positive\)"):
         _load("sst2", train_file=str(tmp_path / "badlabel.jsonl"), validation_file=str(tmp_path / "badlabel.jsonl"))
-    with pytest.raises(UsageError, match="--validation_file is required for task mnli"):
+    with pytest.raises(UsageError, match="`validation_file` is required for task mnli"):
         _load("mnli", train_file=str(tmp_path / "badlabel.jsonl"))
 
 
@@ -268,7 +269,7 @@ def test_mnli_evaluates_on_the_matched_file_alone_when_no_mismatched_one_is_give
     output_dir = tmp_path / "out"
     with caplog.at_level(logging.WARNING):
         run_glue.main(_glue_args(_model_dir(tmp_path, "student", 3), files, output_dir, "MNLI", "--do_eval"))
-    assert "no --validation_mismatched_file: evaluating on the matched dev set alone" in caplog.text
+    assert "no --validation_mismatched_file: evaluating on the matched dev set alone" in as_flags(caplog.text)
     results = _json(output_dir / "eval_results.json")
     assert "eval_accuracy" in results and not any(key.startswith("eval_mm") for key in results)
 
