@@ -16,8 +16,8 @@ import numpy as np
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, set_seed
 
 from sparsebert import pipeline
-from sparsebert.cli import (ModelArguments, SparseTrainingArguments, SparsificationArguments, parse_args, run_cli,
-                            setup_logging)
+from sparsebert.arguments import ModelArguments, SparseTrainingArguments, SparsificationArguments
+from sparsebert.cli import parse_args, run_cli, setup_logging
 from sparsebert.errors import UsageError
 from sparsebert.glue import compute_task_metrics, get_task, label_text, load_glue_datasets, load_glue_test_file
 from sparsebert.layer_dropping import drop_layers_if_asked

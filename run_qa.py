@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from transformers import AutoModelForQuestionAnswering, DataCollatorWithPadding, set_seed
 
 from sparsebert import pipeline
-from sparsebert.cli import (ModelArguments, SparseTrainingArguments, SparsificationArguments, parse_args, run_cli,
-                            setup_logging)
+from sparsebert.arguments import ModelArguments, SparseTrainingArguments, SparsificationArguments
+from sparsebert.cli import parse_args, run_cli, setup_logging
 from sparsebert.errors import UsageError
 from sparsebert.jsonfile import write_json
 from sparsebert.layer_dropping import drop_layers_if_asked

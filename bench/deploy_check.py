@@ -197,7 +197,7 @@ def pytorch_sst2_predictions(folder, examples, nudged=False) -> dict:
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    from sparsebert.cli import ModelArguments
+    from sparsebert.arguments import ModelArguments
     from sparsebert.pipeline import load_model
     from sparsebert.quantization import nudge_rounding
 

@@ -9,7 +9,7 @@ import signal
 
 from transformers import AutoConfig, AutoTokenizer
 
-from sparsebert.cli import check_output_dir
+from sparsebert.arguments import check_output_dir
 from sparsebert.errors import CheckFailed, Interrupted, UsageError, load_or_refuse
 from sparsebert.jsonfile import write_json
 from sparsebert.distillation import check_distillation_args, check_same_vocabulary

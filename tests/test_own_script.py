@@ -76,7 +76,7 @@ def test_a_library_users_quantized_model_reloads_quantized_from_save_model(tmp_p
     import torch
     from transformers import AutoConfig, AutoModelForQuestionAnswering
 
-    from sparsebert.cli import ModelArguments
+    from sparsebert.arguments import ModelArguments
     from sparsebert.onnx_export import make_batch
     from sparsebert.pipeline import load_model
     from sparsebert.quantization import is_quantized

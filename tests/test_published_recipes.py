@@ -307,7 +307,7 @@ def _zero_encoder_weights(model, fraction, seed=0):
 
 
 def test_qat_of_a_pruned_model_keeps_its_zeros_and_exports_integer_ops(qa_model_dir, squad_files, tmp_path):
-    from sparsebert.cli import ModelArguments
+    from sparsebert.arguments import ModelArguments
     from sparsebert.pipeline import load_model
 
     sparse_dir = tmp_path / "sparse"
