@@ -157,62 +157,40 @@ def onnx_predictions(path, engine, task, folder, examples, settings) -> dict:
     return sst2_predictions(run, tokenizer, AutoConfig.from_pretrained(folder), examples)
 
 
-def pytorch_qa_predictions(folder, examples, work, settings, nudged=False) -> dict:
-    """Our own evaluation of the folder's model (run_qa.py, its post-processing) on the same questions; nudged: the
-    model nudged by float32 rounding (nudged_run_qa)."""
-    data = os.path.join(work, "dev.jsonl")
-    with open(data, "w") as handle:
-        handle.writelines(json.dumps(example) + "\n" for example in examples)
-    output_dir = os.path.join(work, "pytorch-nudged" if nudged else "pytorch")
-    argv = ["--model_name_or_path", folder, "--validation_file", data, "--do_eval", "--output_dir", output_dir,
-            "--report_to", "none", "--max_seq_length", str(settings["sequence_length"]), "--doc_stride",
-            str(settings["doc_stride"]), "--per_device_eval_batch_size", "32", "--disable_tqdm", "true"]
-    run = ["-c", "import sys; from bench.deploy_check import nudged_run_qa; nudged_run_qa(sys.argv[1:])"] if nudged \
-        else [os.path.join(REPO, "run_qa.py")]
-    subprocess.run([sys.executable, *run, *argv], check=True, stdout=subprocess.DEVNULL, cwd=REPO)
-    with open(os.path.join(output_dir, "eval_predictions.json")) as handle:
-        return json.load(handle)
+def torch_runner(model):
+    """A callable like onnx_runner's for a PyTorch model: numpy inputs in, the outputs by name as numpy."""
+    import inspect
 
-
-def nudged_run_qa(argv):
-    """run_qa.py with its model nudged by float32 rounding as it is loaded."""
-    from unittest import mock
-
-    import run_qa
-    from sparsebert import pipeline
-    from sparsebert.quantization import nudge_rounding
-
-    load_model = pipeline.load_model
-
-    def load_nudged(*args):
-        model = load_model(*args)
-        nudge_rounding(model)
-        return model
-
-    with mock.patch.object(pipeline, "load_model", load_nudged):
-        run_qa.main(argv)
-
-
-def pytorch_sst2_predictions(folder, examples, nudged=False) -> dict:
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    accepted = inspect.signature(model.forward).parameters  # a DistilBERT model takes no token_type_ids
+
+    def run(inputs: dict) -> dict:
+        with torch.no_grad():
+            outputs = model(**{name: torch.from_numpy(values) for name, values in inputs.items() if name in accepted})
+        return {name: value.numpy() for name, value in outputs.items() if torch.is_tensor(value)}
+
+    return run
+
+
+def pytorch_predictions(task, folder, examples, settings, nudged=False) -> dict:
+    """Our own answers from the folder's model, loaded as our scripts load it, under the same pre- and
+    post-processing as the engines'; nudged: with every quantizer's input nudged by one float32 rounding step."""
+    from transformers import AutoConfig, AutoModelForQuestionAnswering, AutoModelForSequenceClassification, \
+        AutoTokenizer
 
     from sparsebert.arguments import ModelArguments
     from sparsebert.pipeline import load_model
     from sparsebert.quantization import nudge_rounding
 
-    config = AutoConfig.from_pretrained(folder)
-    model = load_model(ModelArguments(model_name_or_path=folder), AutoModelForSequenceClassification, config).eval()
+    config, tokenizer = AutoConfig.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    auto_class = AutoModelForQuestionAnswering if task == "qa" else AutoModelForSequenceClassification
+    model = load_model(ModelArguments(model_name_or_path=folder), auto_class, config).eval()
     if nudged:
         nudge_rounding(model)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    predictions = {}
-    with torch.no_grad():
-        for example in examples:
-            logits = model(**tokenizer(example["sentence"], return_tensors="pt", truncation=True,
-                                         max_length=SST2_SETTINGS["sequence_length"])).logits
-            predictions[example["id"]] = config.id2label[int(logits.argmax(-1))]
-    return predictions
+    if task == "qa":
+        return qa_predictions(torch_runner(model), tokenizer, examples, settings)
+    return sst2_predictions(torch_runner(model), tokenizer, config, examples)
 
 
 def same_answer(answer, reference) -> bool:
@@ -254,14 +232,9 @@ def check_folder(python, task, folder, label, examples, engine="deepsparse") -> 
     nudged = None
     with tempfile.TemporaryDirectory() as work:
         theirs = engine_predictions(engine, python, task, folder, examples, settings, work)
-        if task == "qa":
-            ours = pytorch_qa_predictions(folder, examples, work, settings)
-            if precision == "int8":
-                nudged = pytorch_qa_predictions(folder, examples, work, settings, nudged=True)
-        else:
-            ours = pytorch_sst2_predictions(folder, examples)
-            if precision == "int8":
-                nudged = pytorch_sst2_predictions(folder, examples, nudged=True)
+        ours = pytorch_predictions(task, folder, examples, settings)
+        if precision == "int8":
+            nudged = pytorch_predictions(task, folder, examples, settings, nudged=True)
     agreement = same_share(theirs, ours)
     floor = same_share(nudged, ours) if nudged is not None else 1.0
     needed = floor - (1 - AGREEMENT)

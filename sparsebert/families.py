@@ -14,6 +14,7 @@ from sparsebert.errors import UsageError
 
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "distilbert")
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # the order of an exported file's inputs
+TEACHER_INPUTS = MODEL_INPUTS + ("position_ids",)  # what a batch may hand a teacher (the rest: labels, ...)
 _LAYER_LISTS = (("encoder", "layer"), ("transformer", "layer"))  # below model.base_model: BERT/RoBERTa, DistilBERT
 
 

@@ -18,7 +18,7 @@ from sparseml.pytorch.sparsification import BasePruningModifier, OBSPruningModif
 from torch.utils.data import DataLoader
 
 from sparsebert.errors import UsageError
-from sparsebert.families import encoder_layers
+from sparsebert.families import TEACHER_INPUTS, encoder_layers
 from sparsebert.layer_dropping import (check_whole_layers, remove_skipped_layers,
                                        replace_identity_layers)
 from sparsebert.quantization import install_quantizable_attention, quantization_modifiers
@@ -28,7 +28,6 @@ from sparsebert.structured_pruning import structured_pruning_modifiers
 
 logger = logging.getLogger(__name__)
 
-_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 
 
 class RecipeOptimizer(torch.optim.Optimizer):
@@ -238,8 +237,8 @@ class RecipeRun:
         """The recipe's say on the loss (its DistillationModifier mixes in the teacher's); before backward."""
         if self.optimizer is None:
             return loss
-        student_inputs = {k: v for k, v in inputs.items() if k in _MODEL_INPUTS or k in _forward_arguments(model)}
-        teacher_inputs = {k: v for k, v in inputs.items() if k in _MODEL_INPUTS}
+        student_inputs = {k: v for k, v in inputs.items() if k in TEACHER_INPUTS or k in _forward_arguments(model)}
+        teacher_inputs = {k: v for k, v in inputs.items() if k in TEACHER_INPUTS}
         # the logits only (a distillation modifier without distill_output_keys matches every output it is given;
         # the teacher, fed no labels, has no loss), in the output class the teacher's outputs have too
         logits = type(outputs)(**{k: v for k, v in outputs.items() if k != "loss"}) if "loss" in outputs else outputs

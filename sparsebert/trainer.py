@@ -16,6 +16,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from sparsebert.errors import UsageError
 from sparsebert.jsonfile import write_json
 from sparsebert.distillation import combine_losses, distillation_loss, freeze_teacher
+from sparsebert.families import TEACHER_INPUTS
 from sparsebert.recipe import (apply_recipe_epochs, check_cyclic_learning_rates, load_recipe, save_recipe,
                                schedule_epochs, targeted_parameter_names)
 from sparsebert.quantization import freeze_observers, is_quantized, quantization_modifiers
@@ -215,7 +216,7 @@ class SparseMLTrainer(Trainer):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs[0]
         if model.training and self.teacher is not None:
             with torch.no_grad():
-                teacher_outputs = self.teacher(**{k: v for k, v in inputs.items() if k in _MODEL_INPUTS})
+                teacher_outputs = self.teacher(**{k: v for k, v in inputs.items() if k in TEACHER_INPUTS})
             distill = distillation_loss(outputs, teacher_outputs, self.temperature)
             self._add_loss_parts(student_loss=loss, distill_loss=distill)
             loss = combine_losses(loss, distill, self.distill_hardness)
@@ -340,7 +341,3 @@ def checkpoint_epoch(checkpoint: str | None) -> float:
         return 0.0
     with open(state) as handle:
         return float(json.load(handle).get("epoch") or 0.0)
-
-
-# what a teacher is fed: the model inputs without the labels
-_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
