@@ -73,7 +73,7 @@ def check_whole_layers(model, names, recipe_path: str):
 
 def replace_identity_layers(model) -> list[int]:
     """Put a SkippedLayer wherever layer pruning left sparseml's Identity; returns those layer indices."""
-    from sparseml.pytorch.nn import Identity as SparsemlIdentity
+    from sparsebert.seams import SparsemlIdentity
 
     layers = encoder_layers(model)
     skipped = []

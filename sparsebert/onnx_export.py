@@ -81,7 +81,9 @@ def export_onnx(model, tokenizer, export_dir: str, output_names, verify_batch: d
     device, training = (parameter.device if parameter is not None else None), model.training
     # SDPA attention exports as a graph that onnxruntime runs 1.35x slower than eager attention's (the same
     # numbers; measured on MiniLM at 16 x 384): export the eager one
-    attention = getattr(model.config, "_attn_implementation", None)
+    from sparsebert.seams import attention_implementation
+
+    attention = attention_implementation(model)
     if attention == "sdpa":
         model.set_attn_implementation("eager")
     try:

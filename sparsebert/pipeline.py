@@ -82,6 +82,7 @@ def load_training_recipe(sparse_args, training_args, model_args, output_names, r
     if not (training_args.do_train and sparse_args.nm_prune_config):
         return None
     from sparsebert.recipe import load_recipe
+    from sparsebert.seams import is_layer_pruning
 
     path = sparse_args.nm_prune_config
     manager = load_recipe(path, sparse_args.recipe_variables)
@@ -97,7 +98,7 @@ def load_training_recipe(sparse_args, training_args, model_args, output_names, r
         if missing:
             raise UsageError(f"`nm_prune_config` {path}: !DistillationModifier distill_output_keys {missing} are not "
                              f"outputs of this model (it has {', '.join(output_names)})")
-    layer_pruning = any(type(m).__name__ == "LayerPruningModifier" for m in manager.iter_modifiers())
+    layer_pruning = any(is_layer_pruning(m) for m in manager.iter_modifiers())
     if layer_pruning and model_args.layers_to_keep is not None:
         raise UsageError(f"`layers_to_keep` and the !LayerPruningModifier of {path} both drop layers: use one")
     return manager

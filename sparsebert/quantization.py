@@ -19,13 +19,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 from sparseml.pytorch.optim import ScheduledModifierManager
-from sparseml.pytorch.sparsification.quantization.helpers import initialize_channel_wise_scale_zp
 from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from sparsebert.errors import UsageError
 from sparsebert.recipe import load_recipe, quiet_sparseml_loggers
+from sparsebert.seams import initialize_channel_wise_scale_zp, is_quantization
 from sparsebert.structure import empty_model
 
 logger = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def nudge_rounding(model, relative: float = FLOAT32_ROUNDING, seed: int = 0) -> 
 
 
 def quantization_modifiers(manager: ScheduledModifierManager) -> list:
-    return [m for m in manager.iter_modifiers() if type(m).__name__ == "QuantizationModifier"]
+    return [m for m in manager.iter_modifiers() if is_quantization(m)]
 
 
 def freeze_observers(model):

@@ -14,11 +14,13 @@ import shutil
 import yaml
 from sparseml.pytorch.optim import ScheduledModifierManager
 from sparseml.pytorch.utils import LoggerManager, PythonLogger
-from sparseml.pytorch.utils.helpers import any_str_or_regex_matches_param_name
-from sparseml.utils.restricted_eval import UnknownVariableException
 
-import sparsebert.structured_pruning  # noqa: F401  (registers !StructuredPruningModifier with sparseml's YAML)
 from sparsebert.errors import UsageError
+from sparsebert.seams import (UnknownVariableException, any_str_or_regex_matches_param_name, is_epoch_range,
+                              is_layer_pruning, is_quantization, is_scheme_based_quantization, restricted_eval,
+                              sparseml_cyclic_linear)
+# importing it registers !StructuredPruningModifier with sparseml's YAML
+from sparsebert.structured_pruning import StructuredPruningModifier
 
 logger = logging.getLogger(__name__)
 
@@ -87,12 +89,12 @@ def load_recipe(path: str, variables: dict | None = None) -> ScheduledModifierMa
         raise UsageError(f"{RECIPE_SETTING} {path}: holds no modifiers")
     check_epoch_range(manager, path, variables)
     manager = _scheme_quantization_as_classic(manager, path)
-    kinds = {type(m).__name__ for m in _modifiers(manager)}
-    if "StructuredPruningModifier" in kinds and "QuantizationModifier" in kinds:
+    modifiers = list(_modifiers(manager))
+    if any(isinstance(m, StructuredPruningModifier) for m in modifiers) and any(map(is_quantization, modifiers)):
         raise UsageError(f"{RECIPE_SETTING} {path}: !StructuredPruningModifier and !QuantizationModifier in one recipe: "
                          f"quantize the compacted model in a second run (recipes/qat1epoch.yaml)")
     for modifier in _modifiers(manager):
-        if type(modifier).__name__ == "LayerPruningModifier" and modifier.end_epoch != -1:
+        if is_layer_pruning(modifier) and modifier.end_epoch != -1:
             raise UsageError(f"{RECIPE_SETTING} {path}: !LayerPruningModifier with end_epoch {modifier.end_epoch:g} would put "
                              f"the layers back; only end_epoch -1 (removed for good) is supported")
     return manager
@@ -111,7 +113,6 @@ class _AnyVariable(dict):
 def _unevaluable_expression(path: str) -> str | None:
     """'name: eval(expression)' for the first of the recipe's eval(...) values that sparseml's restricted
     evaluator cannot take (a function call it does not know, `or`, an attribute), or None."""
-    from sparseml.utils.restricted_eval import restricted_eval
 
     with open(path) as handle:
         for line in handle:
@@ -130,13 +131,13 @@ def _unevaluable_expression(path: str) -> str | None:
 def _scheme_quantization_as_classic(manager: ScheduledModifierManager, path: str) -> ScheduledModifierManager:
     """The manager with each scheme-based !QuantizationModifier replaced by the classic one of the same meaning
     (sparsebert/scheme_quantization.py): the scheme-based one fails on torch 2."""
-    from sparsebert.scheme_quantization import classic_equivalent, is_scheme_based
+    from sparsebert.scheme_quantization import classic_equivalent
 
-    if not any(is_scheme_based(m) for m in _modifiers(manager)):
+    if not any(is_scheme_based_quantization(m) for m in _modifiers(manager)):
         return manager
 
     def replaced(modifiers):
-        return [classic_equivalent(m, f"{RECIPE_SETTING} {path}") if is_scheme_based(m) else m for m in modifiers]
+        return [classic_equivalent(m, f"{RECIPE_SETTING} {path}") if is_scheme_based_quantization(m) else m for m in modifiers]
 
     stages = manager.modifiers
     modifiers = {name: replaced(each) for name, each in stages.items()} if isinstance(stages, dict) \
@@ -149,7 +150,7 @@ def _scheme_quantization_as_classic(manager: ScheduledModifierManager, path: str
 def check_epoch_range(manager: ScheduledModifierManager, path: str, variables: dict | None = None):
     """An !EpochRangeModifier sets the training length; a modifier that runs past it (a pruning end moved by
     --recipe_args num_epochs, say) would stretch the run silently: refused, naming both epochs."""
-    ranges = [m for m in _modifiers(manager) if type(m).__name__ == "EpochRangeModifier"]
+    ranges = [m for m in _modifiers(manager) if is_epoch_range(m)]
     if not ranges:
         return
     end = max(m.end_epoch for m in ranges)
@@ -222,7 +223,7 @@ def check_cyclic_learning_rates(manager: ScheduledModifierManager, steps_per_epo
                  f"per epoch)")
         last_step = min(math.floor(end * steps_per_epoch), math.ceil(total_epochs * steps_per_epoch) - 1)
         for step in range(math.ceil(start * steps_per_epoch), last_step + 1):
-            rate = _sparseml_cyclic_linear(modifier, step / steps_per_epoch, steps_per_epoch)
+            rate = sparseml_cyclic_linear(modifier, step / steps_per_epoch, steps_per_epoch)
             if rate is None or rate < 0:
                 raise UsageError(f"{where}: sparseml would set {'no' if rate is None else f'a negative ({rate:.3g})'} "
                                  f"learning rate at step {step}; use cycles of at least 2 whole optimizer steps that "
@@ -232,19 +233,6 @@ def check_cyclic_learning_rates(manager: ScheduledModifierManager, steps_per_epo
             raise UsageError(f"{where}: it ends before training does (epoch {total_epochs:g}) and no learning-rate "
                              f"modifier follows, so sparseml would leave the rate at its last value until the end; "
                              f"end it with training or add one for the rest")
-
-
-def _sparseml_cyclic_linear(modifier, epoch: float, steps_per_epoch: int) -> float | None:
-    """The rate sparseml 1.8's cyclic_linear sets at an epoch (None where it divides by zero), to check it."""
-    span = (modifier.end_epoch - modifier.start_epoch) * steps_per_epoch
-    cycle = modifier.cycle_epochs * steps_per_epoch
-    current = (epoch - modifier.start_epoch) * steps_per_epoch
-    if current > int(span / cycle) * cycle:
-        cycle = span % cycle
-    if cycle == 0 or cycle == 1:
-        return None
-    position = current % cycle
-    return modifier.init_lr - position / (cycle - 1) * (modifier.init_lr - modifier.final_lr)
 
 
 def schedule_epochs(manager: ScheduledModifierManager) -> float | None:

@@ -23,68 +23,12 @@ from sparsebert.layer_dropping import (check_whole_layers, remove_skipped_layers
                                        replace_identity_layers)
 from sparsebert.quantization import install_quantizable_attention, quantization_modifiers
 from sparsebert.recipe import modifier_parameter_names, quiet_sparseml_loggers
+from sparsebert.seams import RecipeOptimizer, is_layer_pruning, last_update_epoch
 from sparsebert.structure import compact, layer_widths
 from sparsebert.structured_pruning import structured_pruning_modifiers
 
 logger = logging.getLogger(__name__)
 
-
-
-class RecipeOptimizer(torch.optim.Optimizer):
-    """The Trainer's optimizer with the recipe's modifiers run around each step.
-
-    Built on the step wrapper that `manager.modify` returns (started at the resumed epoch, so the schedule continues
-    where a checkpoint left it); everything but `step` is the wrapped optimizer's own, state_dict included, so
-    checkpoints hold the real optimizer state.
-    """
-
-    def __init__(self, optimizer: torch.optim.Optimizer, step_wrapper):  # no super().__init__: we hold no params
-        self.__dict__["optimizer"] = optimizer
-        self.__dict__["step_wrapper"] = step_wrapper
-
-    def __getattr__(self, name):
-        return getattr(self.__dict__["optimizer"], name)
-
-    def __setattr__(self, name, value):
-        if name == "step":  # torch's LR schedulers patch step() on the object they are given
-            self.__dict__["step"] = value
-        else:
-            setattr(self.__dict__["optimizer"], name, value)
-
-    @property
-    def param_groups(self):
-        return self.optimizer.param_groups
-
-    @property
-    def state(self):
-        return self.optimizer.state
-
-    @property
-    def epoch(self) -> float:
-        """Where the recipe's schedule is: optimizer steps taken / steps per epoch."""
-        return self.step_wrapper.wrapped_epoch
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.step_wrapper.wrapped_steps_per_epoch
-
-    def step(self, closure=None):
-        return self.step_wrapper.step(closure)
-
-    def zero_grad(self, set_to_none: bool = True):
-        self.optimizer.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self):
-        return self.optimizer.state_dict()
-
-    def load_state_dict(self, state_dict):
-        self.optimizer.load_state_dict(state_dict)
-
-    def add_param_group(self, param_group):
-        self.optimizer.add_param_group(param_group)
-
-    def __repr__(self):
-        return f"RecipeOptimizer({self.optimizer!r})"
 
 
 class RecipeLearningRate(torch.optim.lr_scheduler.LRScheduler):
@@ -127,7 +71,7 @@ class RecipeRun:
         if self.quantize_attention and quantization_modifiers(self.manager):
             changed = install_quantizable_attention(model)
             logger.info(f"Quantization-aware training will quantize the attention matmuls of {changed} layers too")
-        layer_pruners = [m for m in self.manager.iter_modifiers() if type(m).__name__ == "LayerPruningModifier"]
+        layer_pruners = [m for m in self.manager.iter_modifiers() if is_layer_pruning(m)]
         for modifier in layer_pruners:
             check_whole_layers(model, modifier.layers, self.recipe_path)
             modifier.apply_structure(model, epoch=0.0, loggers=quiet_sparseml_loggers())
@@ -257,25 +201,6 @@ class RecipeRun:
             if modifier.masks is not None:
                 compact(model, *modifier.masks)
                 logger.info(f"Compacted to (heads, FFN neurons) per layer: {layer_widths(model)}")
-
-
-def last_update_epoch(modifier, steps_per_epoch: int, steps: int) -> float | None:
-    """The epoch of the last update an unbroken run gives `modifier` in its first `steps` optimizer steps, by
-    sparseml's rule (its update_ready): the first step at or past start_epoch, then each first step at least
-    update_frequency (-1: every step) past the previous update, until the first at or past end_epoch; epochs as
-    the step wrapper counts them. None when it has not started by then."""
-    start, end, frequency = modifier.start_epoch, modifier.end_epoch, modifier.update_frequency
-    last = None
-    for step in range(steps):
-        epoch = float(step // steps_per_epoch) + float(step % steps_per_epoch) / float(steps_per_epoch)
-        if last is None and not (epoch >= start or start == -1):
-            continue  # not started yet
-        ends = 0.0 <= end <= epoch
-        if last is None or ends or frequency == -1 or epoch >= last + frequency:
-            last = epoch
-            if ends:
-                break  # that update ended it
-    return last
 
 
 def gradient_sampler(model, dataset, collate_fn, num_grads: int):

@@ -14,19 +14,13 @@ classic modifier cannot carry is refused by name, never dropped:
   recipes override it (`Embedding: {input_activations: null, weights: {num_bits: 8, symmetric: false}}`) or ignore it.
 """
 
-from sparseml.pytorch.sparsification.quantization.modifier_quantization import (LegacyQuantizationModifier,
-                                                                                  QuantizationModifier)
-
 from sparsebert.errors import UsageError
+from sparsebert.seams import LegacyQuantizationModifier
 
 # the settings both modifiers share, carried over as they are
 _SHARED = ("start_epoch", "disable_quantization_observer_epoch", "freeze_bn_stats_epoch", "num_calibration_steps",
            "model_fuse_fn_name", "model_fuse_fn_kwargs")
 EMBEDDING_OVERRIDE = "Embedding: {input_activations: null, weights: {num_bits: 8, symmetric: false}}"
-
-
-def is_scheme_based(modifier) -> bool:
-    return isinstance(modifier, QuantizationModifier)
 
 
 def _bits(arguments, what: str, symmetric: bool, refuse) -> int:

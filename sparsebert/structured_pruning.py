@@ -34,11 +34,10 @@ import math
 import os
 
 import torch
-from sparseml.optim import ModifierProp
-from sparseml.pytorch.sparsification.modifier import PyTorchModifierYAML, ScheduledUpdateModifier
 from sparseml.pytorch.utils import GradSampler
 
 from sparsebert.latency import LatencyTable
+from sparsebert.seams import ModifierProp, PyTorchModifierYAML, ScheduledUpdateModifier
 from sparsebert.structure import apply_masks, layer_units, masks_from_zeros
 
 logger = logging.getLogger(__name__)

@@ -21,6 +21,7 @@ from sparsebert.recipe import (apply_recipe_epochs, check_cyclic_learning_rates,
                                schedule_epochs, targeted_parameter_names)
 from sparsebert.quantization import freeze_observers, is_quantized, quantization_modifiers
 from sparsebert.recipe_run import RecipeLearningRate, RecipeRun, gradient_sampler
+from sparsebert.seams import stop_mixed_precision, trainer_steps_per_epoch_and_max_steps
 from sparsebert.sparsity import zero_fraction
 
 logger = logging.getLogger(__name__)
@@ -102,8 +103,7 @@ class SparseMLTrainer(Trainer):
         """Capture the Trainer's own optimizer steps per epoch: a recipe epoch is one pass over the training
         data, whatever the batch size, gradient accumulation and number of processes."""
         values = super().set_initial_training_values(args, dataloader)
-        self.steps_per_epoch = values[1]
-        max_steps = values[-1]
+        self.steps_per_epoch, max_steps = trainer_steps_per_epoch_and_max_steps(values)
         if self.recipe is None:
             return values
         epochs = schedule_epochs(self.recipe)
@@ -259,10 +259,7 @@ class FullPrecisionForQuantization(TrainerCallback):
         if not accelerator.native_amp or epoch < starts:  # (sparseml's qat_active answers per whole epoch)
             return
         extract_model_from_parallel(self.trainer.model, keep_fp32_wrapper=False)
-        accelerator.native_amp = False
-        accelerator.scaler = None
-        if hasattr(self.trainer.optimizer, "scaler"):  # accelerate's optimizer wrapper keeps its own reference
-            self.trainer.optimizer.scaler = None
+        stop_mixed_precision(accelerator, self.trainer.optimizer)
         logger.info(f"Mixed precision off from step {state.global_step}: quantization-aware training starts "
                     f"(epoch {epoch:.2f})")
 

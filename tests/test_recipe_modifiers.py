@@ -528,7 +528,7 @@ def test_last_update_epoch_is_where_sparseml_last_updated(schedule, steps_per_ep
     from sparseml.pytorch.sparsification import GMPruningModifier
 
     from sparsebert.recipe import quiet_sparseml_loggers
-    from sparsebert.recipe_run import last_update_epoch
+    from sparsebert.seams import last_update_epoch
 
     model = torch.nn.Sequential(torch.nn.Linear(8, 8))
     modifier = GMPruningModifier(params=["0.weight"], init_sparsity=0.2, final_sparsity=0.8, **schedule)
