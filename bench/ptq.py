@@ -27,7 +27,7 @@ sys.path.insert(0, REPO)
 
 from bench.deploy_check import (QA_SETTINGS, SST2_SETTINGS, onnx_predictions, squad_examples,  # noqa: E402
                                 sst2_examples)
-from bench.report import replace_readme_section  # noqa: E402
+from bench.report import replace_doc_section  # noqa: E402
 from bench.run import SPEED_SHAPES, default_work_dir, environment  # noqa: E402
 from sparsebert.jsonfile import write_json  # noqa: E402
 
@@ -224,8 +224,7 @@ def main():
     with open(os.path.splitext(args.results)[0] + ".md", "w") as handle:
         handle.write(table + "\n")
     if not args.no_readme:
-        replace_readme_section(os.path.join(REPO, "README.md"), "<!-- int8_methods:start -->",
-                               "<!-- int8_methods:end -->", table)
+        replace_doc_section(REPO, "int8_methods", table)
     print(table)
 
 

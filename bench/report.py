@@ -13,8 +13,6 @@ METRICS = {  # table -> (column, key in the results) in the order shown
     "tiny": (("F1", "eval_f1"), ("EM", "eval_exact_match")),
 }
 TITLES = {"squad": "SQuAD v1.1", "sst2": "SST-2", "mrpc": "MRPC", "rte": "RTE", "tiny": "demo"}
-README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
-FAST_START, FAST_END = "<!-- fast_anywhere:start -->", "<!-- fast_anywhere:end -->"
 
 
 PERCENT_TABLES = ("squad", "tiny")  # SQuAD metrics are percentages already; GLUE ones are fractions
@@ -348,7 +346,9 @@ def _dense_parameters(results):
     return dense["nonzero_parameters"] if dense else max(r["parameters"] for r in results["rows"].values())
 
 
-def regenerate(results_dir: str, readme: str | None = None):
+def regenerate(results_dir: str, docs_root: str | None = None):
+    """The Markdown tables and plots beside the JSON in results_dir, and with docs_root (the checkout), the
+    generated sections of its pages (README.md, bench/README.md, docs/*.md), wherever their markers are."""
     all_results = []
     for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
         with open(path) as handle:
@@ -365,35 +365,41 @@ def regenerate(results_dir: str, readme: str | None = None):
     all_results.sort(key=lambda r: order.index(r["table"]) if r["table"] in order else len(order))
     plot(all_results, os.path.join(results_dir, "accuracy_vs_sparsity.png"))
     plot_cost(all_results, os.path.join(results_dir, "accuracy_vs_cost.png"))
-    if readme and os.path.isfile(readme):
-        _update_readme(readme, all_results)
-    _regenerate_fast_anywhere(all_results, results_dir, readme)
-
-
-def _regenerate_fast_anywhere(all_results, results_dir, readme):
-    """The accuracy-vs-speed-up plot and the README's "Fast anywhere" section."""
-    from bench.fast_anywhere import fast_anywhere, plot_speed
+    from bench.fast_anywhere import fast_anywhere, plot_speed  # it builds on this module's tables
 
     plotted = plot_speed(all_results, results_dir, os.path.join(results_dir, "accuracy_vs_speedup.png"))
-    if readme and os.path.isfile(readme):
+    if docs_root:
+        replace_doc_section(docs_root, "bench", _tables_section(all_results), results_dir)
         body = fast_anywhere(all_results, results_dir) or "_No row has been timed in a runtime yet._"
         if plotted:
             body += "\n\n![accuracy against speed-up](bench/results/accuracy_vs_speedup.png)"
-        replace_readme_section(readme, FAST_START, FAST_END, body)
+        replace_doc_section(docs_root, "fast_anywhere", body, results_dir)
 
 
-def replace_readme_section(readme: str, start_marker: str, end_marker: str, body: str):
-    """Rewrite the README between two marker comments (atomically); other text is left alone."""
-    text = open(readme).read()
-    if start_marker not in text or end_marker not in text:
-        return
-    start, end = text.index(start_marker) + len(start_marker), text.index(end_marker)
-    with open(f"{readme}.tmp", "w") as handle:
-        handle.write(text[:start] + "\n" + body + "\n" + text[end:])
-    os.replace(f"{readme}.tmp", readme)
+DOC_PAGES = ("README.md", os.path.join("bench", "README.md"), os.path.join("docs", "*.md"))
 
 
-def _update_readme(readme, all_results):
+def replace_doc_section(root: str, name: str, body: str, results_dir: str | None = None) -> list[str]:
+    """Rewrite the text between `<!-- name:start -->` and `<!-- name:end -->` in every page under root that has
+    them (atomically; the rest of the page is left alone). Links to bench/results/ are made relative to each page.
+    Returns the pages rewritten."""
+    start_marker, end_marker = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    results_dir = os.path.abspath(results_dir or os.path.join(root, "bench", "results"))
+    written = []
+    for page in sorted(p for pattern in DOC_PAGES for p in glob.glob(os.path.join(root, pattern))):
+        text = open(page).read()
+        if start_marker not in text or end_marker not in text:
+            continue
+        linked = body.replace("](bench/results/", f"]({os.path.relpath(results_dir, os.path.dirname(page))}/")
+        start, end = text.index(start_marker) + len(start_marker), text.index(end_marker)
+        with open(f"{page}.tmp", "w") as handle:
+            handle.write(text[:start] + "\n" + linked + "\n" + text[end:])
+        os.replace(f"{page}.tmp", page)
+        written.append(page)
+    return written
+
+
+def _tables_section(all_results) -> str:
     sections = []
     for results in all_results:
         if results["table"] == "tiny":
@@ -406,7 +412,7 @@ def _update_readme(readme, all_results):
         body += "\n\n![accuracy against sparsity](bench/results/accuracy_vs_sparsity.png)"
     if any(r["rows"] for r in all_results if r["table"] in COST_TABLES):
         body += "\n\n![accuracy against training cost](bench/results/accuracy_vs_cost.png)"
-    replace_readme_section(readme, README_START, README_END, body)
+    return body
 
 
 if __name__ == "__main__":
@@ -414,4 +420,4 @@ if __name__ == "__main__":
 
     bench = os.path.dirname(os.path.abspath(__file__))
     sys.path.insert(0, os.path.dirname(bench))  # bench.fast_anywhere
-    regenerate(os.path.join(bench, "results"), readme=os.path.join(os.path.dirname(bench), "README.md"))
+    regenerate(os.path.join(bench, "results"), docs_root=os.path.dirname(bench))

@@ -384,7 +384,8 @@ def main():
     parser.add_argument("--work_dir", default=default_work_dir(),
                         help="models, checkpoints and logs (default: %(default)s)")
     parser.add_argument("--tiny", action="store_true", help="run the harness on the built-in demo only")
-    parser.add_argument("--no_readme", action="store_true", help="do not rewrite the README's tables")
+    parser.add_argument("--no_readme", action="store_true",
+                        help="do not rewrite the generated sections of README.md and bench/README.md")
     parser.add_argument("--rerun", action="store_true",
                         help="run the rows named by --rows again, replacing their recorded results (e.g. to check an "
                              "export made by newer code)")
@@ -403,7 +404,7 @@ def main():
         model = args.model_name_or_path or default_model()
         selected = {name: spec for name, spec in tables(args.data_dir, model).items()
                     if not args.tables or name in args.tables}
-    readme = None if args.no_readme or args.tiny else os.path.join(REPO, "README.md")
+    docs_root = None if args.no_readme or args.tiny else REPO
     if not args.tiny and not args.start_points_only:
         ensure_latency_table(selected, args.rows, model)
     for table, (script, common, rows, budget) in selected.items():
@@ -432,8 +433,8 @@ def main():
             results["rows"] = {name: results["rows"][name]
                                for name in order + [n for n in results["rows"] if n not in order]}
             write_json(path, results)  # each row is kept the moment it is done
-            regenerate(args.results_dir, readme)
-    regenerate(args.results_dir, readme)
+            regenerate(args.results_dir, docs_root)
+    regenerate(args.results_dir, docs_root)
 
 
 def ensure_latency_table(selected, row_names, model):

@@ -43,7 +43,7 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 sys.path.insert(0, REPO)
 
-from bench.report import replace_readme_section  # noqa: E402
+from bench.report import replace_doc_section  # noqa: E402
 from bench.run import default_model, environment  # noqa: E402
 from sparsebert.jsonfile import write_json  # noqa: E402
 from sparsebert.families import input_names  # noqa: E402
@@ -650,8 +650,7 @@ def write_section(result, name, table, args):
     with open(os.path.join(args.results_dir, f"{name}.md"), "w") as handle:
         handle.write(table + "\n")
     if not args.no_readme:
-        replace_readme_section(os.path.join(REPO, "README.md"), f"<!-- {name}:start -->", f"<!-- {name}:end -->",
-                               table)
+        replace_doc_section(REPO, name, table)
     print(table)
 
 
@@ -659,8 +658,7 @@ def write_reports(result, results_dir, readme: bool):
     with open(os.path.join(results_dir, "speed.md"), "w") as handle:
         handle.write(markdown(result) + "\n")
     if readme:
-        replace_readme_section(os.path.join(REPO, "README.md"), "<!-- speed:start -->", "<!-- speed:end -->",
-                               markdown(result))
+        replace_doc_section(REPO, "speed", markdown(result))
     print(markdown(result))
 
 

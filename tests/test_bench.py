@@ -227,18 +227,21 @@ def test_tables_plots_and_readme_are_regenerated_from_the_json(tmp_path):
 
     rows = {"dense": {**row(0.9, 30), "method": "dense", "sparsity": 0.0, "nonzero_parameters": 20},
             "gmp80": row(0.88, 40, start_from="dense")}
-    (tmp_path / "sst2.json").write_text(json.dumps({"table": "sst2", "budget": "a test budget", "rows": rows}))
+    results = tmp_path / "bench" / "results"  # a checkout's layout
+    results.mkdir(parents=True)
+    (results / "sst2.json").write_text(json.dumps({"table": "sst2", "budget": "a test budget", "rows": rows}))
     # bench/speed.py --trained writes its results beside the tables: rows, but no table (it once crashed the report)
-    (tmp_path / "speed_trained_qa.json").write_text(json.dumps({"head": "qa", "folders": [], "rows": []}))
-    readme = tmp_path / "README.md"
-    readme.write_text("before\n<!-- bench:start -->\nold\n<!-- bench:end -->\nafter\n")
-    regenerate(str(tmp_path), str(readme))
-    text = readme.read_text()
+    (results / "speed_trained_qa.json").write_text(json.dumps({"head": "qa", "folders": [], "rows": []}))
+    page = tmp_path / "bench" / "README.md"
+    page.write_text("before\n<!-- bench:start -->\nold\n<!-- bench:end -->\nafter\n")
+    regenerate(str(results), str(tmp_path))
+    text = page.read_text()
     assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
     assert "| gmp80 | GMP | 80% |" in text and "| 40 min + dense 30 min |" in text
     assert "| best 80% row keeps >= 99% of dense | gmp80 | 88.00 | dense 90.00 | 97.8% | **no** (-1.2) |" in text
     for plot in ("accuracy_vs_sparsity.png", "accuracy_vs_cost.png"):
-        assert (tmp_path / plot).stat().st_size > 10_000 and f"(bench/results/{plot})" in text
+        # the page links each plot by a path that resolves from where the page is
+        assert (results / plot).stat().st_size > 10_000 and f"(results/{plot})" in text
 
 
 def test_committed_results_hold_no_path_of_the_machine_that_made_them():
