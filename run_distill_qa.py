@@ -10,7 +10,7 @@ The same pipeline as run_qa.py (every flag works here), for the seed's distillat
 loss = (1 - hardness) * the student's own QA loss + hardness * T^2 * (KL_start + KL_end) / 2
 """
 
-from run_qa import main
+from run_qa import ARGUMENT_CLASSES, main  # noqa: F401  (the same flags as run_qa.py)
 from sparsebert.cli import run_cli
 
 if __name__ == "__main__":

@@ -48,9 +48,12 @@ class DataTrainingArguments:
     max_predict_samples: int | None = field(default=None, metadata={"help": "Predict only this many rows."})
 
 
+# the flags: these dataclasses' fields, TrainingArguments' last
+ARGUMENT_CLASSES = (ModelArguments, DataTrainingArguments, SparsificationArguments, SparseTrainingArguments)
+
+
 def main(argv=None):
-    model_args, data_args, sparse_args, training_args = parse_args(
-        (ModelArguments, DataTrainingArguments, SparsificationArguments, SparseTrainingArguments), argv)
+    model_args, data_args, sparse_args, training_args = parse_args(ARGUMENT_CLASSES, argv)
     setup_logging(training_args)
     task_name, task = get_task(data_args.task_name)
     if training_args.do_predict and not data_args.test_file:

@@ -66,9 +66,12 @@ class DataTrainingArguments:
                              f"{self.max_seq_length}")
 
 
+# the flags: these dataclasses' fields, TrainingArguments' last
+ARGUMENT_CLASSES = (ModelArguments, DataTrainingArguments, SparsificationArguments, SparseTrainingArguments)
+
+
 def main(argv=None):
-    model_args, data_args, sparse_args, training_args = parse_args(
-        (ModelArguments, DataTrainingArguments, SparsificationArguments, SparseTrainingArguments), argv)
+    model_args, data_args, sparse_args, training_args = parse_args(ARGUMENT_CLASSES, argv)
     setup_logging(training_args)
     data_args.check()
     if training_args.do_predict and not data_args.test_file:

@@ -182,6 +182,14 @@ def markdown(results: dict) -> str:
     return "\n\n".join(sections)
 
 
+def sections(results_dir) -> dict:
+    path = os.path.join(results_dir, os.path.basename(RESULTS))
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as handle:
+        return {"int8_methods": markdown(json.load(handle))}
+
+
 def recommendation(entry: dict) -> str:
     """Per runtime, the INT8 method with the best score and the fastest at batch 1, from the entry's figures."""
     int8 = [m for m in entry["scores"] if m != "FP32"]

@@ -415,9 +415,19 @@ def _tables_section(all_results) -> str:
     return body
 
 
+def regenerate_all(results_dir: str, docs_root: str):
+    """Every generated section of the docs from the JSON: the benchmark tables and plots (regenerate), the speed
+    runs' tables (bench/speed.py) and the INT8 methods (bench/ptq.py)."""
+    from bench import ptq, speed
+
+    regenerate(results_dir, docs_root)
+    for name, body in {**speed.sections(results_dir), **ptq.sections(results_dir)}.items():
+        replace_doc_section(docs_root, name, body, results_dir)
+
+
 if __name__ == "__main__":
     import sys
 
     bench = os.path.dirname(os.path.abspath(__file__))
     sys.path.insert(0, os.path.dirname(bench))  # bench.fast_anywhere
-    regenerate(os.path.join(bench, "results"), docs_root=os.path.dirname(bench))
+    regenerate_all(os.path.join(bench, "results"), docs_root=os.path.dirname(bench))

@@ -654,6 +654,19 @@ def write_section(result, name, table, args):
     print(table)
 
 
+def sections(results_dir) -> dict:
+    """Each speed section of the docs (its marker name -> its Markdown), from the JSON in results_dir."""
+    writers = {"speed": markdown, "speed_structured": structured_markdown, "speed_int8_layouts": layouts_markdown,
+               "speed_trained_qa": trained_markdown, "speed_trained_sst2": trained_markdown}
+    found = {}
+    for name, writer in writers.items():
+        path = os.path.join(results_dir, f"{name}.json")
+        if os.path.isfile(path):
+            with open(path) as handle:
+                found[name] = writer(json.load(handle))
+    return found
+
+
 def write_reports(result, results_dir, readme: bool):
     with open(os.path.join(results_dir, "speed.md"), "w") as handle:
         handle.write(markdown(result) + "\n")

@@ -34,8 +34,11 @@ class Arguments:
     max_seq_length: int = field(default=128)
 
 
+ARGUMENT_CLASSES = (Arguments, TrainingArguments)
+
+
 def main(argv=None):
-    args, training_args = HfArgumentParser((Arguments, TrainingArguments)).parse_args_into_dataclasses(argv)
+    args, training_args = HfArgumentParser(ARGUMENT_CLASSES).parse_args_into_dataclasses(argv)
     data = load_dataset("json", data_files={"train": args.train_file, "validation": args.validation_file})
     labels = sorted({tag for tags in data["train"]["tags"] for tag in tags})
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
