@@ -34,7 +34,8 @@ def load_squad_datasets(data_args, cache_dir=None, need_train=True, need_eval=Tr
             if path:
                 splits[split] = load_squad_file(path, setting)
             elif needed:
-                raise UsageError(f"{setting} is required: the run needs a {split} split and other splits come from files")
+                raise UsageError(f"{setting} is required: the run needs a {split} split and other splits come "
+                                 f"from files")
         return DatasetDict({**splits, **test})
     if not (need_train or need_eval):
         return DatasetDict(test)

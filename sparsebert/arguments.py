@@ -98,8 +98,8 @@ class SparseTrainingArguments(TrainingArguments):
                 raise UsageError(f"`{setting}` {getattr(self, setting)}: must be at least 1")
         for setting, value in (("`fsdp`", self.fsdp), ("`deepspeed`", self.deepspeed)):
             if value:
-                raise UsageError(f"{setting} is not supported: sharded training splits each weight across processes and "
-                                 f"sparseml's masks would be lost (sparseml #1807); use data parallel training "
+                raise UsageError(f"{setting} is not supported: sharded training splits each weight across processes "
+                                 f"and sparseml's masks would be lost (sparseml #1807); use data parallel training "
                                  f"(torchrun, without {setting}), which keeps a whole model on each process")
         distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if distributed and not torch.cuda.is_available():

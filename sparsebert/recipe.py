@@ -24,7 +24,7 @@ from sparsebert.structured_pruning import StructuredPruningModifier
 
 logger = logging.getLogger(__name__)
 
-RECIPE_SETTING = "`nm_prune_config`"
+RECIPE = "`nm_prune_config`"
 # sparseml keywords that select parameters by kind instead of by name
 _PARAM_KEYWORDS = ("__ALL__", "__ALL_PRUNABLE__")
 
@@ -56,7 +56,7 @@ def load_recipe(path: str, variables: dict | None = None) -> ScheduledModifierMa
     """Build the modifier manager from a recipe file, turning every way it can be broken into a UsageError."""
     # sparseml takes a string that is not a file for raw YAML: a typo in the path must not become a recipe
     if not os.path.isfile(path):
-        raise UsageError(f"{RECIPE_SETTING} {path}: no such file")
+        raise UsageError(f"{RECIPE} {path}: no such file")
     check_supported_modifiers(path)
     try:
         manager = ScheduledModifierManager.from_yaml(path, recipe_variables=variables or None)
@@ -64,38 +64,38 @@ def load_recipe(path: str, variables: dict | None = None) -> ScheduledModifierMa
         line = err.problem_mark.line + 1 if err.problem_mark else "?"
         if "could not determine a constructor" in str(err.problem):
             tag = (err.problem.split("tag '")[-1].rstrip("'")).replace("!pytorch.", "!")
-            raise UsageError(f"{RECIPE_SETTING} {path}: unknown modifier {tag} (line {line})") from err
-        raise UsageError(f"{RECIPE_SETTING} {path}: {err.problem} (line {line})") from err
+            raise UsageError(f"{RECIPE} {path}: unknown modifier {tag} (line {line})") from err
+        raise UsageError(f"{RECIPE} {path}: {err.problem} (line {line})") from err
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark else ""
         problem = getattr(err, "problem", None) or str(err)
-        raise UsageError(f"{RECIPE_SETTING} {path}: not valid YAML ({where}{problem})") from err
+        raise UsageError(f"{RECIPE} {path}: not valid YAML ({where}{problem})") from err
     except UnknownVariableException as err:
-        raise UsageError(f"{RECIPE_SETTING} {path}: {err} (define it at the top of the recipe or pass `recipe_args`)") from err
+        raise UsageError(f"{RECIPE} {path}: {err} (define it at the top of the recipe or pass `recipe_args`)") from err
     except (RuntimeError, AttributeError) as err:  # sparseml's restricted eval meets what it does not evaluate
         culprit = _unevaluable_expression(path)
         if culprit is None:
             raise
-        raise UsageError(f"{RECIPE_SETTING} {path}: {culprit} is not an expression sparseml evaluates (it takes numbers, "
+        raise UsageError(f"{RECIPE} {path}: {culprit} is not an expression sparseml evaluates (it takes numbers, "
                          f"variables, + - * / // % ** and abs, float, int, min, max, round)") from err
     except (TypeError, ValueError) as err:
         # sparseml rejects a setting with a ValueError, or a TypeError naming the argument or the type it must
         # be; any other TypeError is sparseml itself failing, a bug to show as one, not the user's recipe
         if isinstance(err, TypeError) and not re.search(r"argument|must be", str(err)):
             raise
-        raise UsageError(f"{RECIPE_SETTING} {path}: invalid modifier settings ({err})") from err
+        raise UsageError(f"{RECIPE} {path}: invalid modifier settings ({err})") from err
     if not manager.modifiers:
-        raise UsageError(f"{RECIPE_SETTING} {path}: holds no modifiers")
+        raise UsageError(f"{RECIPE} {path}: holds no modifiers")
     check_epoch_range(manager, path, variables)
     manager = _scheme_quantization_as_classic(manager, path)
     modifiers = list(_modifiers(manager))
     if any(isinstance(m, StructuredPruningModifier) for m in modifiers) and any(map(is_quantization, modifiers)):
-        raise UsageError(f"{RECIPE_SETTING} {path}: !StructuredPruningModifier and !QuantizationModifier in one recipe: "
+        raise UsageError(f"{RECIPE} {path}: !StructuredPruningModifier and !QuantizationModifier in one recipe: "
                          f"quantize the compacted model in a second run (recipes/qat1epoch.yaml)")
     for modifier in _modifiers(manager):
         if is_layer_pruning(modifier) and modifier.end_epoch != -1:
-            raise UsageError(f"{RECIPE_SETTING} {path}: !LayerPruningModifier with end_epoch {modifier.end_epoch:g} would put "
+            raise UsageError(f"{RECIPE} {path}: !LayerPruningModifier with end_epoch {modifier.end_epoch:g} would put "
                              f"the layers back; only end_epoch -1 (removed for good) is supported")
     return manager
 
@@ -137,7 +137,7 @@ def _scheme_quantization_as_classic(manager: ScheduledModifierManager, path: str
         return manager
 
     def replaced(modifiers):
-        return [classic_equivalent(m, f"{RECIPE_SETTING} {path}") if is_scheme_based_quantization(m) else m for m in modifiers]
+        return [classic_equivalent(m, f"{RECIPE} {path}") if is_scheme_based_quantization(m) else m for m in modifiers]
 
     stages = manager.modifiers
     modifiers = {name: replaced(each) for name, each in stages.items()} if isinstance(stages, dict) \
@@ -158,7 +158,7 @@ def check_epoch_range(manager: ScheduledModifierManager, path: str, variables: d
         last = max(getattr(modifier, "start_epoch", -1), getattr(modifier, "end_epoch", -1))
         if modifier not in ranges and last > end:
             given = f" with `recipe_args` '{json.dumps(variables)}'" if variables else ""
-            raise UsageError(f"{RECIPE_SETTING} {path}{given}: its !EpochRangeModifier ends at epoch {end:g}, before its "
+            raise UsageError(f"{RECIPE} {path}{given}: its !EpochRangeModifier ends at epoch {end:g}, before its "
                              f"!{type(modifier).__name__} (epoch {last:g}); make the range cover every modifier")
 
 
@@ -170,7 +170,7 @@ def check_supported_modifiers(path: str):
         for number, line in enumerate(handle, start=1):
             for name in re.findall(r"!(?:pytorch\.)?(\w+)", line.split("#", 1)[0]):
                 if name not in SUPPORTED_MODIFIERS and f"!pytorch.{name}" in known:
-                    raise UsageError(f"{RECIPE_SETTING} {path}: !{name} (line {number}) is not supported by these scripts "
+                    raise UsageError(f"{RECIPE} {path}: !{name} (line {number}) is not supported by these scripts "
                                      f"(supported: {', '.join(SUPPORTED_MODIFIERS)})")
 
 
@@ -201,7 +201,7 @@ def modifier_parameter_names(modifier, model, recipe_path: str = "") -> list[str
         matched = [n for n in names if any_str_or_regex_matches_param_name(n, [pattern])]
         if not matched:
             example = next((n for n in names if ".weight" in n and "encoder" in n), names[0])
-            raise UsageError(f"{RECIPE_SETTING} {recipe_path}: params pattern '{pattern}' of {type(modifier).__name__} "
+            raise UsageError(f"{RECIPE} {recipe_path}: params pattern '{pattern}' of {type(modifier).__name__} "
                              f"matches no parameter of this model (its names look like {example!r})")
         selected.update(matched)
     return [n for n in names if n in selected]
@@ -218,7 +218,7 @@ def check_cyclic_learning_rates(manager: ScheduledModifierManager, steps_per_epo
         if getattr(modifier, "lr_func", None) != "cyclic_linear":
             continue
         start, end, cycle = modifier.start_epoch, modifier.end_epoch, modifier.cycle_epochs
-        where = (f"{RECIPE_SETTING} {recipe_path}: !LearningRateFunctionModifier cyclic_linear over epochs {start:g}-{end:g} "
+        where = (f"{RECIPE} {recipe_path}: !LearningRateFunctionModifier cyclic_linear over epochs {start:g}-{end:g} "
                  f"(cycles of {cycle:g} epochs = {cycle * steps_per_epoch:g} optimizer steps at {steps_per_epoch} "
                  f"per epoch)")
         last_step = min(math.floor(end * steps_per_epoch), math.ceil(total_epochs * steps_per_epoch) - 1)
