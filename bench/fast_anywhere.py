@@ -14,7 +14,7 @@ TRAINED_SPEED_FILES = {"squad": "speed_trained_qa.json", "sst2": "speed_trained_
 STRUCTURED_SPEED_FILE = "speed_structured.json"  # bench/speed.py --structured: the layer-dropped model's speed
 LATENCY = "1x128"  # the measure every family has; structured rows also have their table's throughput shape
 FAMILIES = {  # family -> (runtime, colour)
-    "structured": ("onnxruntime", "tab:blue"),
+    "structured in onnxruntime": ("onnxruntime", "tab:blue"),
     "structured in OpenVINO": ("openvino", "tab:orange"),
     "unstructured in DeepSparse": ("deepsparse", "tab:gray"),
     "layer dropping": ("onnxruntime", "tab:green"),
@@ -59,7 +59,7 @@ def points(results: dict, results_dir: str) -> list[dict]:
     for name, row in rows.items():
         if row.get("speed"):  # a structured row: its own export timed against the dense one it started from
             dense = row.get("start_points", {}).get("dense", {}).get("metrics", {}).get(key)
-            for family in ("structured", "structured in OpenVINO"):
+            for family in ("structured in onnxruntime", "structured in OpenVINO"):
                 add(family, name, row["speed"]["speedup"][LATENCY][FAMILIES[family][0]], dense)
     trained = _load(results_dir, TRAINED_SPEED_FILES.get(table, ""))
     if trained:
@@ -124,14 +124,16 @@ def fast_anywhere(all_results: list, results_dir: str) -> str:
         runtimes = list(dict.fromkeys(FAMILIES[p["family"]][0] for p in found))
         lines = ["| at least | " + " | ".join(RUNTIME_NAMES[r] for r in runtimes) + " |",
                  "|---|" + "---|" * len(runtimes)]
+        shown = []
         for budget in BUDGETS:
             cells = []
             for runtime in runtimes:
                 best = _best(p for p in found if FAMILIES[p["family"]][0] == runtime and p["speedup"] >= budget)
                 cells.append(f"`{best['row']}`: {label} {best['score']:.1f} ({best['share']:.0f}% of dense), "
                              f"{best['speedup']:.1f}x" if best else "-")
+                shown += [best["row"]] if best else []
             lines.append(f"| {budget:g}x | " + " | ".join(cells) + " |")
-        used = dict.fromkeys(p["row"] for p in found)
+        used = dict.fromkeys(shown)
         recipes = "; ".join(f"`{name}`: {recipe_in_words(rows[name])}" for name in used)
         sections.append(f"**{TITLES.get(table, table)}** (batch 1 x 128 tokens; {label} of the row, share of the "
                         f"dense row, speed-up over dense FP32 in onnxruntime)\n\n" + "\n".join(lines)

@@ -323,8 +323,10 @@ def test_each_runtime_family_gets_its_speedups_from_its_own_timing(tmp_path):
     from bench.fast_anywhere import points
 
     found = {(p["family"], p["row"]): round(p["speedup"], 2) for p in points(_speed_results(tmp_path), tmp_path)}
-    assert found == {("structured", "ft_struct3x_distill"): 2.9, ("structured in OpenVINO", "ft_struct3x_distill"): 3.2,
-                     ("structured", "ft_struct4x_distill"): 4.1, ("structured in OpenVINO", "ft_struct4x_distill"): 3.9,
+    assert found == {("structured in onnxruntime", "ft_struct3x_distill"): 2.9,
+                     ("structured in OpenVINO", "ft_struct3x_distill"): 3.2,
+                     ("structured in onnxruntime", "ft_struct4x_distill"): 4.1,
+                     ("structured in OpenVINO", "ft_struct4x_distill"): 3.9,
                      ("unstructured in DeepSparse", "ft_obs90_distill_int8"): 5.0,
                      ("layer dropping", "layers3_distill"): 2.0}
 
