@@ -356,7 +356,7 @@ def test_fast_anywhere_names_the_most_accurate_row_reaching_each_budget_per_runt
     assert lines["| 3x"].split(" | ")[2].startswith("`ft_struct3x_distill`: accuracy 89.5 (99% of dense), 3.2x")
     assert lines["| 4x"].split(" | ")[2] == "-"
     assert "`ft_struct3x_distill`: `recipes/structured_speedup.yaml` with speedup=3" in section
-    assert "`layers3_distill`: `recipes/noprune2epoch.yaml`, --layers_to_keep 3" in section
+    assert "`layers3_distill`" not in section  # reaches 2x, but a structured row does too, more accurately
     assert "`ft_obs90_distill_int8`: `recipes/qat1epoch.yaml` on `ft_obs90_distill`" in section
     assert plot_speed([results], str(tmp_path), str(tmp_path / "speed.png"))
     assert (tmp_path / "speed.png").stat().st_size > 10_000
