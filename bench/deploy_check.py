@@ -43,14 +43,14 @@ ENGINES = {"deepsparse": "DeepSparse (end-of-life, evaluation licence)", "openvi
 EXAMPLES = {"qa": 1000, "sst2": None}  # default examples per folder (None: the whole dev set, SST-2's 872)
 
 
-def deploy_python(env_dir: str) -> str:
-    """The deployment environment's python, built on first use."""
+def environment_python(env_dir: str, requirements: str = "deploy-requirements.txt") -> str:
+    """The python of a second environment for what cannot share ours (DeepSparse's pipelines, onnxruntime's
+    quantization tools), built on first use from bench/<requirements>."""
     python = os.path.join(env_dir, "bin", "python")
     if not os.path.isfile(python):
-        print(f"[deploy] building {env_dir} from bench/deploy-requirements.txt", flush=True)
+        print(f"[bench] building {env_dir} from bench/{requirements}", flush=True)
         subprocess.run([sys.executable, "-m", "venv", env_dir], check=True)
-        subprocess.run([python, "-m", "pip", "install", "-q", "-r", os.path.join(BENCH, "deploy-requirements.txt")],
-                       check=True)
+        subprocess.run([python, "-m", "pip", "install", "-q", "-r", os.path.join(BENCH, requirements)], check=True)
     return python
 
 
@@ -306,7 +306,7 @@ def main():
     args = parser.parse_args()
 
     QA_SETTINGS.update(sequence_length=args.max_seq_length, doc_stride=args.doc_stride)
-    python = deploy_python(args.deploy_env) if args.engine == "deepsparse" else None
+    python = environment_python(args.deploy_env) if args.engine == "deepsparse" else None
     benchmark_rows, passed = [], True
     for task, folders, examples in (("qa", args.qa, squad_examples), ("sst2", args.sst2, sst2_examples)):
         for folder in folders:

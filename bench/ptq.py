@@ -25,8 +25,8 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 sys.path.insert(0, REPO)
 
-from bench.deploy_check import (QA_SETTINGS, SST2_SETTINGS, onnx_predictions, squad_examples,  # noqa: E402
-                                sst2_examples)
+from bench.deploy_check import (QA_SETTINGS, SST2_SETTINGS, environment_python, onnx_predictions,  # noqa: E402
+                                squad_examples, sst2_examples)
 from bench.report import replace_doc_section  # noqa: E402
 from bench.run import SPEED_SHAPES, default_work_dir, environment  # noqa: E402
 from sparsebert.jsonfile import write_json  # noqa: E402
@@ -36,16 +36,6 @@ METHODS = ("FP32", "QAT", "PTQ dynamic", "PTQ static QDQ")
 CALIBRATION_EXAMPLES = 256
 TASKS = {"squad": ("qa", "run_qa.py"), "sst2": ("sst2", "run_glue.py")}
 RESULTS = os.path.join(BENCH, "results", "int8_methods.json")
-
-
-def ptq_python(env_dir: str) -> str:
-    python = os.path.join(env_dir, "bin", "python")
-    if not os.path.isfile(python):
-        print(f"[ptq] building {env_dir} from bench/ptq-requirements.txt", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", env_dir], check=True)
-        subprocess.run([python, "-m", "pip", "install", "-q", "-r", os.path.join(BENCH, "ptq-requirements.txt")],
-                       check=True)
-    return python
 
 
 def calibration_inputs(task: str, folder: str, data_dir: str) -> dict:
@@ -220,7 +210,7 @@ def main():
         if not os.path.isfile(os.path.join(args.work_dir, args.table, row, "model.onnx")):
             parser.error(f"--rows {row}: no {os.path.join(args.work_dir, args.table, row, 'model.onnx')} "
                          f"(train it with bench/run.py first)")
-    python = ptq_python(args.ptq_env)
+    python = environment_python(args.ptq_env, "ptq-requirements.txt")
     results = {}
     if os.path.isfile(args.results):
         with open(args.results) as handle:
