@@ -32,7 +32,6 @@ from bench.run import SPEED_SHAPES, default_work_dir, environment  # noqa: E402
 from sparsebert.jsonfile import write_json  # noqa: E402
 
 ENGINES = ("onnxruntime", "openvino")
-METHODS = ("FP32", "QAT", "PTQ dynamic", "PTQ static QDQ")
 CALIBRATION_EXAMPLES = 256
 TASKS = {"squad": ("qa", "run_qa.py"), "sst2": ("sst2", "run_glue.py")}
 RESULTS = os.path.join(BENCH, "results", "int8_methods.json")
@@ -120,6 +119,7 @@ def speedups(files: dict, dense_path: str, folder: str, script: str, rounds: int
 
 
 def measure_row(args, python, table, row) -> dict:
+    import numpy as np
     import onnx
 
     from sparsebert.integer_products import saturating_products
@@ -131,8 +131,6 @@ def measure_row(args, python, table, row) -> dict:
     if os.path.isfile(qat):
         files["QAT"] = qat
     with tempfile.TemporaryDirectory() as work:
-        import numpy as np
-
         calibration = os.path.join(work, "calibration.npz")
         np.savez(calibration, **calibration_inputs(task, folder, args.data_dir))
         for method, mode in (("PTQ dynamic", "dynamic"), ("PTQ static QDQ", "static")):
