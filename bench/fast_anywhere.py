@@ -7,7 +7,7 @@ Every speed-up is against the dense FP32 export in onnxruntime, timed side by si
 import json
 import os
 
-from bench.report import METRICS, TITLES, _percent
+from bench.report import METRICS, TITLES, _percent, dense_metrics
 
 # the trained-export runs (bench/speed.py --trained) that timed the unstructured rows in DeepSparse
 TRAINED_SPEED_FILES = {"squad": "speed_trained_qa.json", "sst2": "speed_trained_sst2.json"}
@@ -49,18 +49,16 @@ def points(results: dict, results_dir: str) -> list[dict]:
     key = METRICS[table][0][1]
     found = []
 
-    def add(family, name, speedup, dense_score=None):
-        score = rows[name]["metrics"].get(key)
-        dense = dense_score if dense_score is not None else rows["dense"]["metrics"][key]
-        if score is not None and speedup:
+    def add(family, name, speedup):
+        score, dense = rows[name]["metrics"].get(key), dense_metrics(rows[name], rows).get(key)
+        if score is not None and dense and speedup:
             found.append({"family": family, "row": name, "score": _percent(table, score),
                           "share": 100 * score / dense, "speedup": speedup})
 
     for name, row in rows.items():
         if row.get("speed"):  # a structured row: its own export timed against the dense one it started from
-            dense = row.get("start_points", {}).get("dense", {}).get("metrics", {}).get(key)
             for family in ("structured in onnxruntime", "structured in OpenVINO"):
-                add(family, name, row["speed"]["speedup"][LATENCY][FAMILIES[family][0]], dense)
+                add(family, name, row["speed"]["speedup"][LATENCY][FAMILIES[family][0]])
     trained = _load(results_dir, TRAINED_SPEED_FILES.get(table, ""))
     if trained:
         for name, speedup in _timed_speedups(trained, "folder", "deepsparse", LATENCY).items():
@@ -90,7 +88,7 @@ def speed_goals_table(results: dict) -> str:
     key = METRICS[table][0][1]
     offers = []
     for name, row in structured.items():
-        dense = row.get("start_points", {}).get("dense", rows.get("dense", {})).get("metrics", {}).get(key)
+        dense = dense_metrics(row, rows).get(key)
         if dense is None or key not in row["metrics"]:
             continue
         share = 100 * row["metrics"][key] / dense

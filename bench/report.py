@@ -311,12 +311,17 @@ def extra_tables(results: dict) -> list[str]:
                                 findings_table(results)) if extra]
 
 
+def dense_metrics(row: dict, rows: dict) -> dict:
+    """The dense model's metrics a row is measured against: the dense start point it recorded (retrained on another
+    machine, it may differ from the table's), else the table's dense row."""
+    return row.get("start_points", {}).get("dense", rows.get("dense", {})).get("metrics", {})
+
+
 def structured_table(results: dict) -> str:
     """The structured rows: the widths they kept, the share of the dense score, and the speed of their own export
     against the dense FP32 export in onnxruntime, timed side by side when the row finished."""
     table = results["table"]
     rows = {name: row for name, row in results["rows"].items() if row.get("speed")}
-    dense = results["rows"].get("dense")
     if not rows:
         return ""
     column, key = METRICS[table][0]
@@ -329,8 +334,7 @@ def structured_table(results: dict) -> str:
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in rows.items():
         score = row["metrics"].get(key)
-        # against the dense model the row really started from (retrained on another machine, it may differ)
-        base = row.get("start_points", {}).get("dense", dense or {}).get("metrics", {}).get(key)
+        base = dense_metrics(row, results["rows"]).get(key)
         share = f"{100 * score / base:.1f}%" if base and score is not None else "-"
         widths = " ".join(f"({h},{n})" for h, n in row["widths"])
         cells = [name, widths, f"{row['parameters']:,}",
